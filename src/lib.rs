@@ -1,0 +1,2 @@
+pub mod mvcc;
+pub mod proto;

@@ -1,0 +1,221 @@
+//! The multi-version key-value store: revisions, the key index, historical reads, compaction, and
+//! the apply function that turns replicated commands into new revisions.
+//!
+//! Model (etcd's): every write transaction gets the next main revision; a txn with several writes
+//! is one main revision with increasing sub-revisions. Each key keeps `create_revision`,
+//! `mod_revision` and `version`; a delete writes a tombstone and resets the version. Compaction at
+//! revision C drops every version of a key older than its newest version at or below C (and that
+//! one too when it is a tombstone).
+//!
+//! Storage is one redb database (see `docs/design.md` for the byte layout):
+//! - `latest`: live key -> `KeyValue` (protobuf): what current reads scan;
+//! - `history`: `history_key(key, revision)` -> record (put or tombstone + `KeyValue`): what
+//!   historical reads and compaction scan;
+//! - `by_revision`: `(main, sub)` -> key: the change log in revision order;
+//! - `meta`: current revision, compacted revision, last applied log index.
+//!
+//! Invariants:
+//! - `latest` holds exactly the keys whose newest `history` record is a put, with that record's
+//!   `KeyValue`.
+//! - `meta.current_revision` is the highest main revision in `history` (or 1 on a new store), and
+//!   the data and `meta.applied_index` change in the same redb transaction, so a restart resumes
+//!   exactly after the last applied command.
+//! - Only [`Store::apply`] writes; it is called in log order by the write path.
+
+mod apply;
+mod compare;
+pub mod keys;
+mod read;
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::proto::bulwarkpb::{command, Command};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnResponse,
+};
+
+/// A point in the store's history: `main` is etcd's revision, `sub` orders writes within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub main: i64,
+    pub sub: i64,
+}
+
+/// The revision of a store that has never been written, as etcd's.
+pub const FIRST_REVISION: i64 = 1;
+
+const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
+const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
+const BY_REVISION: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("by_revision");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+
+const META_CURRENT_REVISION: &str = "current_revision";
+const META_COMPACT_REVISION: &str = "compact_revision";
+const META_APPLIED_INDEX: &str = "applied_index";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! storage_errors {
+    ($($error:ty),*) => {
+        $(impl From<$error> for MvccError {
+            fn from(error: $error) -> Self {
+                MvccError::Storage(error.into())
+            }
+        })*
+    };
+}
+storage_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What applying one command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+/// One entry of the replicated log: its index and the encoded [`Command`].
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub index: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Revisions and positions a caller may report (`Status`, response headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub current_revision: i64,
+    pub compact_revision: i64,
+    pub applied_index: u64,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating an empty one (revision 1) if there is none.
+    pub fn open(path: &Path) -> Result<Self, MvccError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(LATEST)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(BY_REVISION)?;
+            let mut meta = txn.open_table(META)?;
+            if meta.get(META_CURRENT_REVISION)?.is_none() {
+                meta.insert(META_CURRENT_REVISION, FIRST_REVISION)?;
+                meta.insert(META_COMPACT_REVISION, 0)?;
+                meta.insert(META_APPLIED_INDEX, 0)?;
+            }
+        }
+        txn.commit()?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Applies log entries in order in one durable redb transaction (one fsync for the batch:
+    /// group commit). Returns one result per entry; a command that fails changes nothing, and
+    /// the others still apply. An `Err` means nothing of the batch was written.
+    pub fn apply(
+        &self,
+        entries: &[LogEntry],
+    ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
+        let txn = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(entries.len());
+        {
+            let mut state = apply::ApplyState::open(&txn)?;
+            let mut last_index = None;
+            for entry in entries {
+                let result = match Command::decode(entry.payload.as_slice()) {
+                    Ok(command) => state.apply(command),
+                    Err(error) => Err(MvccError::Corrupt(format!(
+                        "log entry {} does not decode: {error}",
+                        entry.index
+                    ))),
+                };
+                // Storage failures abort the batch; command-level errors are answers.
+                if let Err(MvccError::Storage(_)) = result {
+                    return Err(result.unwrap_err());
+                }
+                results.push(result);
+                last_index = Some(entry.index);
+            }
+            if let Some(index) = last_index {
+                state.set_applied_index(index)?;
+            }
+        }
+        txn.commit()?;
+        Ok(results)
+    }
+
+    /// A range read at the current revision or at `req.revision`, with etcd's limit, sort and
+    /// filter rules. Sees every command applied before the call.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let txn = self.db.begin_read()?;
+        let status = read_status(&txn.open_table(META)?)?;
+        let latest = txn.open_table(LATEST)?;
+        let history = txn.open_table(HISTORY)?;
+        read::range_request(&latest, &history, req, &status)
+    }
+
+    pub fn status(&self) -> Result<StoreStatus, MvccError> {
+        let txn = self.db.begin_read()?;
+        read_status(&txn.open_table(META)?)
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Encodes a command as the bytes a log entry carries.
+pub fn encode_command(kind: command::Kind) -> Vec<u8> {
+    Command { kind: Some(kind) }.encode_to_vec()
+}
+
+fn read_status(
+    meta: &impl redb::ReadableTable<&'static str, i64>,
+) -> Result<StoreStatus, MvccError> {
+    let get = |name: &str| -> Result<i64, MvccError> {
+        meta.get(name)?
+            .map(|v| v.value())
+            .ok_or_else(|| MvccError::Corrupt(format!("meta table lacks {name}")))
+    };
+    Ok(StoreStatus {
+        current_revision: get(META_CURRENT_REVISION)?,
+        compact_revision: get(META_COMPACT_REVISION)?,
+        applied_index: get(META_APPLIED_INDEX)? as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+//! Store-level semantics against etcd's: revisions, versions, tombstones, historical reads,
+//! txn rules and compaction. Each test applies commands through `Store::apply`, as the write
+//! path does.
+
+use super::*;
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::proto::etcdserverpb::{
+    request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RequestOp,
+    TxnRequest,
+};
+use redb::ReadableTableMetadata;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    index: u64,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, kind: command::Kind) -> Result<CommandResponse, MvccError> {
+        self.index += 1;
+        let entry = LogEntry {
+            index: self.index,
+            payload: encode_command(kind),
+        };
+        self.store.apply(&[entry]).unwrap().pop().unwrap()
+    }
+
+    fn put(&mut self, key: &str, value: &str) -> PutResponse {
+        match self.apply(command::Kind::Put(put_req(key, value))).unwrap() {
+            CommandResponse::Put(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn delete(&mut self, key: &str, range_end: &str) -> DeleteRangeResponse {
+        let req = DeleteRangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            prev_kv: true,
+        };
+        match self.apply(command::Kind::DeleteRange(req)).unwrap() {
+            CommandResponse::DeleteRange(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse, MvccError> {
+        self.apply(command::Kind::Txn(req)).map(|r| match r {
+            CommandResponse::Txn(r) => r,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    fn compact(&mut self, revision: i64) -> Result<CommandResponse, MvccError> {
+        self.apply(command::Kind::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }))
+    }
+
+    fn get(&self, key: &str, range_end: &str, revision: i64) -> Result<RangeResponse, MvccError> {
+        self.store.range(&RangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            revision,
+            ..Default::default()
+        })
+    }
+
+    fn revision(&self) -> i64 {
+        self.store.status().unwrap().current_revision
+    }
+}
+
+fn put_req(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        prev_kv: true,
+        ..Default::default()
+    }
+}
+
+fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put_req(key, value))),
+    }
+}
+
+fn op_get(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn keys(response: &RangeResponse) -> Vec<String> {
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn new_store_is_at_revision_one_and_first_put_is_two() {
+    let mut f = Fixture::new();
+    assert_eq!(f.revision(), 1);
+    let put = f.put("foo", "bar");
+    assert_eq!(put.header.unwrap().revision, 2);
+    assert!(put.prev_kv.is_none());
+    let kv = &f.get("foo", "", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+}
+
+#[test]
+fn versions_count_modifications_and_reset_after_delete() {
+    let mut f = Fixture::new();
+    f.put("k", "1");
+    let second = f.put("k", "2");
+    assert_eq!(second.prev_kv.unwrap().value, b"1");
+    let kv = f.get("k", "", 0).unwrap().kvs[0].clone();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+
+    let deleted = f.delete("k", "");
+    assert_eq!(deleted.deleted, 1);
+    assert_eq!(deleted.header.unwrap().revision, 4);
+    assert!(f.get("k", "", 0).unwrap().kvs.is_empty());
+
+    f.put("k", "3");
+    let kv = f.get("k", "", 0).unwrap().kvs[0].clone();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+}
+
+#[test]
+fn deleting_nothing_keeps_the_revision() {
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    let deleted = f.delete("nothing", "");
+    assert_eq!(deleted.deleted, 0);
+    assert_eq!(deleted.header.unwrap().revision, 2);
+    assert_eq!(f.revision(), 2);
+}
+
+#[test]
+fn historical_reads_see_the_past_including_tombstones() {
+    let mut f = Fixture::new();
+    f.put("a", "1"); // 2
+    f.put("b", "1"); // 3
+    f.put("a", "2"); // 4
+    f.delete("b", ""); // 5
+    let at3 = f.get("a", "c", 3).unwrap();
+    assert_eq!(keys(&at3), ["a", "b"]);
+    assert_eq!(at3.kvs[0].value, b"1");
+    assert_eq!(
+        at3.header.unwrap().revision,
+        5,
+        "header shows the current revision"
+    );
+    let at5 = f.get("a", "c", 5).unwrap();
+    assert_eq!(keys(&at5), ["a"]);
+    assert_eq!(at5.kvs[0].value, b"2");
+    assert!(matches!(f.get("a", "", 6), Err(MvccError::FutureRevision)));
+}
+
+#[test]
+fn range_end_forms_limit_count_and_more() {
+    let mut f = Fixture::new();
+    for key in ["a", "b", "c", "d"] {
+        f.put(key, key);
+    }
+    assert_eq!(keys(&f.get("b", "d", 0).unwrap()), ["b", "c"]);
+    assert_eq!(keys(&f.get("b", "\0", 0).unwrap()), ["b", "c", "d"]);
+    assert!(f.get("d", "b", 0).unwrap().kvs.is_empty());
+    let limited = f
+        .store
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"\0".to_vec(),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys(&limited), ["a", "b"]);
+    assert!(limited.more);
+    assert_eq!(limited.count, 4);
+    let counted = f
+        .store
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"\0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(counted.kvs.is_empty());
+    assert_eq!(counted.count, 4);
+}
+
+#[test]
+fn sorting_filters_and_keys_only() {
+    let mut f = Fixture::new();
+    f.put("a", "3"); // 2
+    f.put("b", "1"); // 3
+    f.put("c", "2"); // 4
+    f.put("a", "4"); // 5
+    let sorted = |order: SortOrder, target: SortTarget| {
+        keys(
+            &f.store
+                .range(&RangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: b"\0".to_vec(),
+                    sort_order: order as i32,
+                    sort_target: target as i32,
+                    ..Default::default()
+                })
+                .unwrap(),
+        )
+    };
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Key), ["c", "b", "a"]);
+    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Mod), ["b", "c", "a"]);
+    assert_eq!(sorted(SortOrder::None, SortTarget::Value), ["b", "c", "a"]);
+    assert_eq!(
+        sorted(SortOrder::Descend, SortTarget::Create),
+        ["c", "b", "a"]
+    );
+    assert_eq!(
+        sorted(SortOrder::Descend, SortTarget::Version),
+        ["a", "b", "c"]
+    );
+
+    let filtered = f
+        .store
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"\0".to_vec(),
+            min_mod_revision: 4,
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys(&filtered), ["a", "c"]);
+    assert!(filtered.kvs.iter().all(|kv| kv.value.is_empty()));
+    assert_eq!(
+        filtered.count, 3,
+        "count ignores the revision filters, as etcd's"
+    );
+}
+
+#[test]
+fn put_flags_and_their_errors() {
+    let mut f = Fixture::new();
+    let ignore_value = PutRequest {
+        key: b"k".to_vec(),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.apply(command::Kind::Put(ignore_value.clone())),
+        Err(MvccError::KeyNotFound)
+    ));
+    f.put("k", "v");
+    f.apply(command::Kind::Put(ignore_value)).unwrap();
+    let kv = f.get("k", "", 0).unwrap().kvs[0].clone();
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"v"[..], 2));
+    let leased = PutRequest {
+        key: b"k".to_vec(),
+        lease: 7,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.apply(command::Kind::Put(leased)),
+        Err(MvccError::LeaseNotFound)
+    ));
+    assert_eq!(f.revision(), 3, "rejected puts write nothing");
+}
+
+#[test]
+fn txn_is_one_revision_and_reads_its_own_writes() {
+    let mut f = Fixture::new();
+    f.put("a", "1"); // 2
+    let response = f
+        .txn(TxnRequest {
+            compare: vec![Compare {
+                key: b"a".to_vec(),
+                target: CompareTarget::Value as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::Value(b"1".to_vec())),
+                range_end: vec![],
+            }],
+            success: vec![op_get("b"), op_put("b", "x"), op_put("c", "y"), op_get("b")],
+            failure: vec![],
+        })
+        .unwrap();
+    assert!(response.succeeded);
+    assert_eq!(response.header.unwrap().revision, 3);
+    let range_header = |i: usize| match &response.responses[i].response {
+        Some(response_op::Response::ResponseRange(r)) => (r.header.unwrap().revision, r.kvs.len()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        range_header(0),
+        (2, 0),
+        "before the first write: the old revision"
+    );
+    assert_eq!(
+        range_header(3),
+        (3, 1),
+        "after: the txn's revision and its write"
+    );
+    let b = f.get("b", "", 0).unwrap().kvs[0].clone();
+    let c = f.get("c", "", 0).unwrap().kvs[0].clone();
+    assert_eq!((b.mod_revision, c.mod_revision), (3, 3));
+}
+
+#[test]
+fn failed_compare_takes_the_else_branch_and_nested_txns_run() {
+    let mut f = Fixture::new();
+    let nested = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("inner", "1")],
+        failure: vec![],
+    };
+    let response = f
+        .txn(TxnRequest {
+            compare: vec![Compare {
+                key: b"missing".to_vec(),
+                target: CompareTarget::Version as i32,
+                result: CompareResult::Greater as i32,
+                target_union: Some(TargetUnion::Version(0)),
+                range_end: vec![],
+            }],
+            success: vec![op_put("then", "1")],
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(nested)),
+            }],
+        })
+        .unwrap();
+    assert!(!response.succeeded);
+    assert_eq!(keys(&f.get("a", "\0", 0).unwrap()), ["inner"]);
+}
+
+#[test]
+fn a_txn_with_a_failing_op_writes_nothing() {
+    let mut f = Fixture::new();
+    let result = f.txn(TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("a", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"b".to_vec(),
+                    lease: 99,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    });
+    assert!(matches!(result, Err(MvccError::LeaseNotFound)));
+    assert_eq!(f.revision(), 1);
+    assert!(f.get("a", "", 0).unwrap().kvs.is_empty());
+}
+
+#[test]
+fn compaction_drops_history_but_keeps_reads_at_and_after_it() {
+    let mut f = Fixture::new();
+    f.put("a", "1"); // 2
+    f.put("a", "2"); // 3
+    f.put("b", "1"); // 4
+    f.delete("b", ""); // 5
+    f.put("a", "3"); // 6
+    f.compact(5).unwrap();
+    assert!(matches!(f.get("a", "", 4), Err(MvccError::Compacted)));
+    let at5 = f.get("a", "\0", 5).unwrap();
+    assert_eq!(keys(&at5), ["a"]);
+    assert_eq!(at5.kvs[0].value, b"2");
+    assert_eq!(f.get("a", "", 0).unwrap().kvs[0].value, b"3");
+    assert!(matches!(f.compact(5), Err(MvccError::Compacted)));
+    assert!(matches!(f.compact(4), Err(MvccError::Compacted)));
+    assert!(matches!(f.compact(7), Err(MvccError::FutureRevision)));
+    // Only a@3 (newest at or below 5) and a@6 remain; b's tombstone went too.
+    let txn = f.store.db.begin_read().unwrap();
+    assert_eq!(txn.open_table(HISTORY).unwrap().len().unwrap(), 2);
+    assert_eq!(txn.open_table(BY_REVISION).unwrap().len().unwrap(), 2);
+}
+
+#[test]
+fn state_and_applied_index_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mvcc.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        let entries: Vec<_> = (1..=3)
+            .map(|i| LogEntry {
+                index: i,
+                payload: encode_command(command::Kind::Put(put_req(&format!("k{i}"), "v"))),
+            })
+            .collect();
+        let results = store.apply(&entries).unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+    let store = Store::open(&path).unwrap();
+    let status = store.status().unwrap();
+    assert_eq!((status.current_revision, status.applied_index), (4, 3));
+}
+
+#[test]
+fn an_undecodable_entry_is_an_error_for_that_entry_only() {
+    let f = Fixture::new();
+    let results = f
+        .store
+        .apply(&[
+            LogEntry {
+                index: 1,
+                payload: vec![0xff, 0xff, 0xff],
+            },
+            LogEntry {
+                index: 2,
+                payload: encode_command(command::Kind::Put(put_req("k", "v"))),
+            },
+        ])
+        .unwrap();
+    assert!(matches!(results[0], Err(MvccError::Corrupt(_))));
+    assert!(results[1].is_ok());
+}
