@@ -1,0 +1,119 @@
+//! The gRPC services clients call: etcd's `KV`, `Maintenance` and `Cluster`, over the transport
+//! the server module sets up (mutual TLS).
+//!
+//! Reads go straight to the MVCC store; every change is validated here, then proposed to the
+//! write path (`raft`) and answered only once applied. Errors of every layer are mapped to etcd's
+//! gRPC codes once, in [`error`].
+//!
+//! Invariant: no service writes to storage except through [`Proposer::propose`].
+
+pub mod error;
+mod kv;
+mod maintenance;
+pub mod validate;
+
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::mvcc::{CommandResponse, Store};
+use crate::proto::bulwarkpb::{command, Command};
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::raft::Proposer;
+use error::ApiError;
+
+/// The etcd server version reported by `Status`: the etcd API level Bulwark answers as.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+/// One voter, one term, until replication arrives; etcd clients expect a non-zero term.
+pub const RAFT_TERM: u64 = 1;
+
+/// gRPC overhead etcd allows on top of `max_request_bytes` before the transport refuses a message.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Who this member is, as response headers and `MemberList` report it.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest proposal accepted, in bytes (etcd's `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Most operations in one txn branch (etcd's `--max-txn-ops`).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+/// What every service shares.
+pub struct ApiContext {
+    pub store: Arc<Store>,
+    pub proposer: Proposer,
+    pub member: MemberInfo,
+    pub limits: Limits,
+}
+
+impl ApiContext {
+    /// A full response header at `revision`.
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.member.cluster_id,
+            member_id: self.member.member_id,
+            revision,
+            raft_term: RAFT_TERM,
+        })
+    }
+
+    /// Completes a header the store filled with its revision only.
+    fn complete(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = self.header(revision);
+    }
+
+    fn current_revision(&self) -> Result<i64, ApiError> {
+        Ok(self.store.status()?.current_revision)
+    }
+
+    async fn propose(&self, kind: command::Kind) -> Result<CommandResponse, ApiError> {
+        let command = Command { kind: Some(kind) };
+        if command.encoded_len() > self.limits.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        let kind = command.kind.expect("set above");
+        Ok(self.proposer.propose(kind).await?)
+    }
+}
+
+/// The client-facing services, ready to be added to a tonic server.
+pub struct Services {
+    pub kv: KvServer<kv::KvService>,
+    pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
+    pub cluster: ClusterServer<maintenance::ClusterService>,
+}
+
+pub fn services(context: Arc<ApiContext>) -> Services {
+    let max_message = context.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    Services {
+        kv: KvServer::new(kv::KvService(context.clone())).max_decoding_message_size(max_message),
+        maintenance: MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
+            .max_decoding_message_size(max_message),
+        cluster: ClusterServer::new(maintenance::ClusterService(context))
+            .max_decoding_message_size(max_message),
+    }
+}
