@@ -24,7 +24,10 @@ fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         let action = AlarmAction::try_from(request.get_ref().action).unwrap_or(AlarmAction::Get);
         if action == AlarmAction::Activate {
             return unsupported("raising alarms");

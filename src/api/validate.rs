@@ -37,8 +37,7 @@ pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
 }
 
 fn check_txn_shape(req: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
-    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops
-    {
+    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
         return Err(ApiError::TooManyOps);
     }
     for op in req.success.iter().chain(&req.failure) {
@@ -129,11 +128,13 @@ mod tests {
 
     fn delete(key: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: key.into(),
-                range_end: end.into(),
-                prev_kv: false,
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: key.into(),
+                    range_end: end.into(),
+                    prev_kv: false,
+                },
+            )),
         }
     }
 
@@ -165,9 +166,15 @@ mod tests {
         assert!(!duplicate(&txn(vec![put("a"), put("b")])));
         assert!(duplicate(&txn(vec![delete("a", "c"), put("b")])));
         assert!(!duplicate(&txn(vec![delete("a", "c"), put("c")])));
-        assert!(duplicate(&txn(vec![put("a"), nested(vec![put("a")], vec![])])));
+        assert!(duplicate(&txn(vec![
+            put("a"),
+            nested(vec![put("a")], vec![])
+        ])));
         // then and else of one nested txn never both run
-        assert!(!duplicate(&txn(vec![nested(vec![put("a")], vec![put("a")])])));
+        assert!(!duplicate(&txn(vec![nested(
+            vec![put("a")],
+            vec![put("a")]
+        )])));
         assert!(duplicate(&txn(vec![
             delete("a", ""),
             nested(vec![], vec![put("a")])

@@ -1,0 +1,154 @@
+//! The `bulwark` command line: server commands (`init`, `serve`) and client commands (`get`,
+//! `put`, `del`). It parses arguments and calls into `server` or the client code; it holds no
+//! server logic.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::Limits;
+use crate::server::{self, InitOptions, ServeOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulwark",
+    version,
+    about = "A secure, Raft-replicated key-value store that speaks the etcd v3 API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new cluster in an empty directory (root CA, member and admin certificates), then
+    /// serve it in the foreground.
+    Init(InitArgs),
+    /// Start an existing member from its data directory.
+    Serve(ServeArgs),
+    /// Read a key or a range of keys.
+    Get(client::GetArgs),
+    /// Write a key.
+    Put(client::PutArgs),
+    /// Delete a key or a range of keys.
+    Del(client::DelArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Directory for the new member; must be empty or missing.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Address clients connect to (mutual TLS).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen_client: String,
+    /// Address other members connect to.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    listen_peer: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Data directory of an existing member (made by `bulwark init` or `bulwark join`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Largest request accepted, in bytes (etcd's default: 1.5 MiB).
+    #[arg(long, default_value_t = Limits::default().max_request_bytes)]
+    max_request_bytes: usize,
+    /// Most operations in one txn branch.
+    #[arg(long, default_value_t = Limits::default().max_txn_ops)]
+    max_txn_ops: usize,
+}
+
+impl LimitArgs {
+    fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            limits: Limits {
+                max_request_bytes: self.max_request_bytes,
+                max_txn_ops: self.max_txn_ops,
+            },
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server_command = matches!(cli.command, Command::Init(_) | Command::Serve(_));
+    init_logging(server_command);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        match cli.command {
+            Command::Init(args) => {
+                let options = InitOptions {
+                    name: args.name,
+                    listen_client: args.listen_client,
+                    listen_peer: args.listen_peer,
+                };
+                let data = server::init(&args.data_dir, &options).map_err(|e| e.to_string())?;
+                println!(
+                    "bulwark: created a new cluster in {}; admin identity in {}",
+                    data.root().display(),
+                    data.admin().display()
+                );
+                server::serve(&args.data_dir, &args.limits.serve_options())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Command::Serve(args) => server::serve(&args.data_dir, &args.limits.serve_options())
+                .await
+                .map_err(|e| e.to_string()),
+            Command::Get(args) => client::get(args).await,
+            Command::Put(args) => client::put(args).await,
+            Command::Del(args) => client::del(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("Error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(server_command: bool) {
+    let default = if server_command { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,384 @@
+//! The cluster root CA and the certificates it issues.
+//!
+//! The root is a self-signed ECDSA P-256 certificate, CN "Bulwark Root CA", O = the cluster id as
+//! 16 lowercase hex digits, valid ten years, basic constraints CA without a path length limit (so
+//! a future root can be cross-signed by this one), key usages keyCertSign and cRLSign. Issued
+//! certificates carry the same O, a random 126-bit serial, keyUsage digitalSignature, an
+//! authority key identifier, and are valid from one hour ago (clock skew between members) until
+//! `ttl` from now.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::ServerName;
+use time::OffsetDateTime;
+
+use super::pem::{first_cert_der, parse_x509};
+use super::{CertifiedKey, PkiError, CLIENT_OU, MEMBER_OU};
+
+const CA_COMMON_NAME: &str = "Bulwark Root CA";
+/// Ten years of 365.25 days, rounded up.
+const CA_VALIDITY: time::Duration = time::Duration::days(3653);
+/// How far in the past issued certificates start, so a member whose clock is behind the issuer's
+/// accepts them at once.
+const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
+/// Names every member certificate carries, so local tools can always reach a member.
+const ALWAYS_LOCAL: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The cluster root CA (ECDSA P-256) with its private key, able to issue member and client
+/// certificates.
+pub struct ClusterCa {
+    cluster_id: u64,
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for ClusterCa {
+    /// Names the cluster, never the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cluster_id", &cluster_id_hex(self.cluster_id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// A new root CA for cluster `cluster_id`, with a fresh key.
+    pub fn generate(cluster_id: u64) -> Result<Self, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name(CA_COMMON_NAME, None, cluster_id);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + CA_VALIDITY;
+        let cert = params.self_signed(&key)?;
+        // Load through `from_pem` so a fresh CA and a reloaded one sign identically.
+        Self::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// Loads a CA written by [`ClusterCa::generate`]. Refuses a certificate that is not a CA,
+    /// whose O is not a cluster id, or whose public key does not match `key_pem`.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let der = first_cert_der(cert_pem)?;
+        let cert = parse_x509(&der)?;
+        if !cert.is_ca() {
+            return Err(PkiError::NotACa);
+        }
+        let organization = cert
+            .subject()
+            .iter_organization()
+            .next()
+            .map(|o| o.as_str())
+            .transpose()?
+            .unwrap_or_default();
+        let cluster_id = parse_cluster_id(organization)?;
+        let key = KeyPair::from_pem(key_pem)?;
+        if key.subject_public_key_info() != cert.public_key().raw {
+            return Err(PkiError::KeyMismatch);
+        }
+        let issuer = Issuer::from_ca_cert_der(&der, key)?;
+        Ok(ClusterCa {
+            cluster_id,
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer,
+        })
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key. Only `init` writes it (0600, on the manager); it is never sent.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A member certificate: CN = member name, OU = [`MEMBER_OU`], EKU serverAuth + clientAuth
+    /// (members are both ends of peer traffic). SANs: every entry of `hosts` (an IP address when
+    /// it parses as one, else a DNS name; empty entries skipped) plus always "localhost",
+    /// 127.0.0.1 and ::1, deduplicated.
+    pub fn issue_member(
+        &self,
+        name: &str,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<CertifiedKey, PkiError> {
+        let mut params = self.leaf_params(name, MEMBER_OU, ttl)?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = member_sans(hosts)?;
+        self.sign_with_new_key(&params)
+    }
+
+    /// A client identity: CN = user name (etcd's client-cert-auth convention), OU =
+    /// [`CLIENT_OU`], EKU clientAuth only, so it can never serve as a member.
+    pub fn issue_client(&self, name: &str, ttl: Duration) -> Result<CertifiedKey, PkiError> {
+        let mut params = self.leaf_params(name, CLIENT_OU, ttl)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign_with_new_key(&params)
+    }
+
+    /// Parameters shared by every end-entity certificate; the caller adds EKUs and SANs.
+    fn leaf_params(
+        &self,
+        name: &str,
+        unit: &str,
+        ttl: Duration,
+    ) -> Result<CertificateParams, PkiError> {
+        if name.is_empty() {
+            return Err(PkiError::EmptyName);
+        }
+        let now = OffsetDateTime::now_utc();
+        let not_after = time::Duration::try_from(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add(ttl))
+            .ok_or(PkiError::TtlOutOfRange(ttl))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name(name, Some(unit), self.cluster_id);
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = not_after;
+        Ok(params)
+    }
+
+    /// Generates a P-256 key here and signs `params` for it. When members join with a CSR, the
+    /// same `params` are signed for the CSR's public key instead.
+    fn sign_with_new_key(&self, params: &CertificateParams) -> Result<CertifiedKey, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn distinguished_name(common_name: &str, unit: Option<&str>, cluster_id: u64) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(unit) = unit {
+        dn.push(DnType::OrganizationalUnitName, unit);
+    }
+    dn.push(DnType::OrganizationName, cluster_id_hex(cluster_id));
+    dn
+}
+
+fn cluster_id_hex(cluster_id: u64) -> String {
+    format!("{cluster_id:016x}")
+}
+
+fn parse_cluster_id(organization: &str) -> Result<u64, PkiError> {
+    let bad = || PkiError::BadClusterId(organization.to_string());
+    if organization.len() != 16 || !organization.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    u64::from_str_radix(organization, 16).map_err(|_| bad())
+}
+
+/// 16 random bytes with the top bit clear (a positive INTEGER) and the next bit set (so the
+/// encoding is always 16 bytes): 126 random bits, above the 64 the CA/B forum asks for.
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}
+
+/// The SANs of a member certificate: `hosts` then the local names, each once.
+fn member_sans(hosts: &[String]) -> Result<Vec<SanType>, PkiError> {
+    let mut sans = Vec::new();
+    let hosts = hosts.iter().map(String::as_str).filter(|h| !h.is_empty());
+    for host in hosts.chain(ALWAYS_LOCAL) {
+        let san = match ServerName::try_from(host) {
+            Ok(ServerName::IpAddress(ip)) => SanType::IpAddress(IpAddr::from(ip)),
+            Ok(ServerName::DnsName(dns)) => {
+                SanType::DnsName(dns.as_ref().to_ascii_lowercase().try_into()?)
+            }
+            _ => return Err(PkiError::InvalidHost(host.to_string())),
+        };
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    Ok(sans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn root_has_the_documented_subject_and_extensions() {
+        let ca = ClusterCa::generate(0xab).unwrap();
+        let der = first_cert_der(ca.cert_pem()).unwrap();
+        let cert = parse_x509(&der).unwrap();
+        let subject = cert.subject();
+        let cn = subject.iter_common_name().next().unwrap().as_str().unwrap();
+        let o = subject
+            .iter_organization()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap();
+        assert_eq!((cn, o), (CA_COMMON_NAME, "00000000000000ab"));
+        assert!(cert.is_ca());
+        let usage = cert.key_usage().unwrap().unwrap().value;
+        assert!(usage.key_cert_sign() && usage.crl_sign() && !usage.digital_signature());
+        let validity = cert.validity().time_to_expiration().unwrap();
+        assert!(validity > time::Duration::days(3650) && validity < time::Duration::days(3654));
+    }
+
+    #[test]
+    fn member_sans_parse_ips_and_names_add_local_names_and_deduplicate() {
+        let hosts = [
+            "db1.Example.com",
+            "10.0.0.7",
+            "",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+        ];
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let sans = member_sans(&hosts).unwrap();
+        let expected = vec![
+            SanType::DnsName("db1.example.com".try_into().unwrap()),
+            SanType::IpAddress("10.0.0.7".parse().unwrap()),
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            SanType::IpAddress("::1".parse().unwrap()),
+        ];
+        assert_eq!(sans, expected);
+        assert!(matches!(
+            member_sans(&["bad host".to_string()]),
+            Err(PkiError::InvalidHost(_))
+        ));
+    }
+
+    #[test]
+    fn member_certificate_carries_its_names_and_both_usages() {
+        let ca = ClusterCa::generate(7).unwrap();
+        let member = ca
+            .issue_member("m1", &["10.1.2.3".to_string()], 90 * DAY)
+            .unwrap();
+        let der = first_cert_der(&member.cert_pem).unwrap();
+        let cert = parse_x509(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let sans = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert!(sans.contains(&GeneralName::IPAddress(&[10, 1, 2, 3])));
+        assert!(sans.contains(&GeneralName::DNSName("localhost")));
+        assert_eq!(cert.raw_serial().len(), 16);
+        let not_before = cert.validity().not_before.to_datetime();
+        let skew = OffsetDateTime::now_utc() - not_before;
+        assert!(skew > time::Duration::minutes(59) && skew < time::Duration::minutes(61));
+    }
+
+    #[test]
+    fn client_certificate_is_client_auth_only() {
+        let ca = ClusterCa::generate(7).unwrap();
+        let client = ca.issue_client("alice", DAY).unwrap();
+        let der = first_cert_der(&client.cert_pem).unwrap();
+        let cert = parse_x509(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert!(cert.subject_alternative_name().unwrap().is_none());
+    }
+
+    #[test]
+    fn serials_differ_between_certificates() {
+        let ca = ClusterCa::generate(7).unwrap();
+        let a = ca.issue_client("alice", DAY).unwrap();
+        let b = ca.issue_client("alice", DAY).unwrap();
+        let serial = |pem: &str| {
+            let der = first_cert_der(pem).unwrap();
+            parse_x509(&der).unwrap().raw_serial().to_vec()
+        };
+        assert_ne!(serial(&a.cert_pem), serial(&b.cert_pem));
+    }
+
+    #[test]
+    fn bad_names_and_lifetimes_are_refused() {
+        let ca = ClusterCa::generate(7).unwrap();
+        assert!(matches!(ca.issue_client("", DAY), Err(PkiError::EmptyName)));
+        assert!(matches!(
+            ca.issue_client("alice", Duration::MAX),
+            Err(PkiError::TtlOutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn from_pem_round_trips() {
+        let ca = ClusterCa::generate(0x0123_4567_89ab_cdef).unwrap();
+        let loaded = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        assert_eq!(loaded.cluster_id(), 0x0123_4567_89ab_cdef);
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        assert_eq!(loaded.key_pem(), ca.key_pem());
+    }
+
+    #[test]
+    fn from_pem_rejects_a_key_that_does_not_match() {
+        let ca = ClusterCa::generate(1).unwrap();
+        let other = ClusterCa::generate(1).unwrap();
+        assert!(matches!(
+            ClusterCa::from_pem(ca.cert_pem(), other.key_pem()),
+            Err(PkiError::KeyMismatch)
+        ));
+    }
+
+    #[test]
+    fn from_pem_rejects_a_leaf_certificate() {
+        let ca = ClusterCa::generate(1).unwrap();
+        let member = ca.issue_member("m1", &[], DAY).unwrap();
+        assert!(matches!(
+            ClusterCa::from_pem(&member.cert_pem, &member.key_pem),
+            Err(PkiError::NotACa)
+        ));
+    }
+
+    #[test]
+    fn cluster_ids_are_exactly_16_hex_digits() {
+        assert_eq!(parse_cluster_id("00000000000000ff").unwrap(), 255);
+        for bad in [
+            "",
+            "ff",
+            "+00000000000000f",
+            "00000000000000fg",
+            "000000000000000ff",
+        ] {
+            assert!(parse_cluster_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_keys() {
+        let ca = ClusterCa::generate(1).unwrap();
+        let client = ca.issue_client("alice", DAY).unwrap();
+        assert!(!format!("{ca:?}").contains("PRIVATE KEY"));
+        assert!(!format!("{client:?}").contains("PRIVATE KEY"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Cluster public-key infrastructure: the cluster root CA, the certificates it issues, the rustls
+//! configurations every Bulwark socket uses, and reading who a verified peer certificate names.
+//!
+//! Layout:
+//! - `ca.rs`: [`ClusterCa`], generating or loading the root and issuing member and client
+//!   certificates.
+//! - `identity.rs`: [`identity_of`], the [`PeerIdentity`] (CN, role, serial, expiry) a verified
+//!   certificate names.
+//! - `tls.rs`: [`server_tls_config`] and [`client_tls_config`].
+//! - `pem.rs`: reading certificates and keys out of PEM ([`first_cert_der`]).
+//! - `files.rs`: [`write_private_file`] for key material.
+//!
+//! Invariants:
+//! - A private key never leaves the member that generated it. The one exception is the admin
+//!   client identity that `init` generates and writes to `DATA/admin/` for the operator.
+//! - Key files are created with mode 0600 and are never readable by others, not even briefly
+//!   ([`write_private_file`]).
+//! - Every TLS configuration requires and verifies a client certificate chaining to the cluster
+//!   CA: servers refuse a peer without one, clients always present theirs. Only the ring provider
+//!   is used, passed explicitly, never a process-wide default.
+//! - Roles come from the subject OU ([`MEMBER_OU`], [`CLIENT_OU`]), which only the CA writes; the
+//!   CN is the member name or, as in etcd's client-cert-auth, the user name.
+
+mod ca;
+mod files;
+mod identity;
+mod pem;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use ca::ClusterCa;
+pub use files::write_private_file;
+pub use identity::{identity_of, PeerIdentity, Role};
+pub use pem::first_cert_der;
+pub use tls::{client_tls_config, server_tls_config};
+
+/// Subject OU of a member certificate (both ends of peer traffic, server of the client port).
+pub const MEMBER_OU: &str = "bulwark-member";
+/// Subject OU of a client identity; its CN is the user name.
+pub const CLIENT_OU: &str = "bulwark-client";
+
+/// A PEM certificate with its PEM private key.
+#[derive(Clone)]
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for CertifiedKey {
+    /// Shows the certificate but never the key, so an identity can be logged safely.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[elided]")
+            .finish()
+    }
+}
+
+/// Everything that can go wrong creating, loading, reading or using certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("generating or signing a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("parsing a certificate: {0}")]
+    Parse(#[from] x509_parser::error::X509Error),
+    #[error("reading PEM: {0}")]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    #[error("no certificate found in the PEM text")]
+    NoCertificate,
+    #[error("the CA private key does not match the CA certificate")]
+    KeyMismatch,
+    #[error("the certificate is not a CA certificate")]
+    NotACa,
+    #[error("the CA organization {0:?} is not a cluster id of 16 hex digits")]
+    BadClusterId(String),
+    #[error("the certificate subject has {0} common names; exactly one is required")]
+    CommonNameCount(usize),
+    #[error("a certificate name must not be empty")]
+    EmptyName,
+    #[error("{0:?} is neither an IP address nor a valid DNS name")]
+    InvalidHost(String),
+    #[error("a certificate lifetime of {0:?} is out of range")]
+    TtlOutOfRange(Duration),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}

@@ -1,0 +1,54 @@
+//! Reading certificates and private keys out of PEM text: the one place PEM is decoded.
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::PkiError;
+
+/// The first certificate in `pem` (the leaf of a chain), as DER.
+pub fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    certs_from_pem(pem)?
+        .into_iter()
+        .next()
+        .ok_or(PkiError::NoCertificate)
+}
+
+/// Every certificate in `pem`, in order; at least one.
+pub(super) fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(PkiError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+/// The first private key in `pem` (PKCS#8, SEC1 or PKCS#1).
+pub(super) fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    Ok(PrivateKeyDer::from_pem_slice(pem.as_bytes())?)
+}
+
+/// Parses one DER certificate, keeping only the error kind x509-parser reports.
+pub(super) fn parse_x509(
+    der: &[u8],
+) -> Result<x509_parser::certificate::X509Certificate<'_>, PkiError> {
+    use x509_parser::nom::Err;
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_rest, cert)) => Ok(cert),
+        Err(Err::Error(e) | Err::Failure(e)) => Err(e.into()),
+        Err(Err::Incomplete(_)) => Err(x509_parser::error::X509Error::InvalidCertificate.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_without_a_certificate_is_refused() {
+        assert!(matches!(
+            first_cert_der("no pem here"),
+            Err(PkiError::NoCertificate)
+        ));
+        assert!(key_from_pem("no pem here").is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! Assembling a member: the data directory, its config and certificates, the start-up order
+//! (store, write path, API, listener) and a clean shutdown on SIGINT/SIGTERM.
+//!
+//! Invariant: a directory holds a member exactly when `member.toml` exists; `init` writes it
+//! last, after every key and certificate is durable.
+
+pub mod datadir;
+mod transport;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiContext, Limits, MemberInfo};
+use crate::mvcc::{MvccError, Store};
+use crate::pki::{self, CertifiedKey, ClusterCa, PkiError};
+use crate::raft::Proposer;
+use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
+
+/// Lifetime of a member certificate (renewal comes with the certificate-lifecycle work).
+const MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Lifetime of the admin identity `init` writes.
+const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The admin identity's name: etcd's client-cert-auth maps the CN to a user, and `root` is
+/// etcd's all-powerful user.
+pub const ADMIN_NAME: &str = "root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{} already holds a Bulwark member; use `bulwark serve --data-dir {}` to start it", .0.display(), .0.display())]
+    AlreadyMember(PathBuf),
+    #[error("{} is not empty; `bulwark init` needs an empty or new directory", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("{} holds no Bulwark member: run `bulwark init --data-dir {}` to create a new cluster, or `bulwark join` to join an existing one", .0.display(), .0.display())]
+    NoMember(PathBuf),
+    #[error("{path}: {1}", path = .0.display())]
+    BadConfig(PathBuf, String),
+    #[error("{path}: {1}", path = .0.display())]
+    Io(PathBuf, std::io::Error),
+    #[error("invalid listen address {0:?}: expected HOST:PORT")]
+    BadAddress(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("certificates: {0}")]
+    Pki(#[from] PkiError),
+    #[error("the member certificate {} expired; renew it before starting the member", .0.display())]
+    CertificateExpired(PathBuf),
+    #[error("store: {0}")]
+    Store(#[from] MvccError),
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServerError {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        ServerError::Io(path.to_path_buf(), error)
+    }
+}
+
+pub struct InitOptions {
+    pub name: String,
+    pub listen_client: String,
+    pub listen_peer: String,
+}
+
+pub struct ServeOptions {
+    pub limits: Limits,
+}
+
+/// Creates a new one-member cluster in `dir`: a root CA, this member's certificate and the admin
+/// identity. Refuses a directory that holds a member or anything else.
+pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
+    let data = DataDir::new(dir);
+    if data.holds_member() {
+        return Err(ServerError::AlreadyMember(data.root().to_path_buf()));
+    }
+    if !data.is_empty_or_missing()? {
+        return Err(ServerError::NotEmpty(data.root().to_path_buf()));
+    }
+    let client_host = host_of(&options.listen_client)?;
+    let peer_host = host_of(&options.listen_peer)?;
+
+    let cluster_id = random_id();
+    let member_id = random_id();
+    let ca = ClusterCa::generate(cluster_id)?;
+    let member = ca.issue_member(&options.name, &[client_host, peer_host], MEMBER_CERT_TTL)?;
+    let admin = ca.issue_client(ADMIN_NAME, ADMIN_CERT_TTL)?;
+
+    create_private_dir(data.root())?;
+    create_private_dir(&data.pki())?;
+    create_private_dir(&data.admin())?;
+    create_private_dir(&data.state())?;
+    write_public(&data.ca_cert(), ca.cert_pem())?;
+    write_private(&data.ca_key(), ca.key_pem())?;
+    write_public(&data.member_cert(), &member.cert_pem)?;
+    write_private(&data.member_key(), &member.key_pem)?;
+    write_public(&data.admin_ca_cert(), ca.cert_pem())?;
+    write_public(&data.admin_cert(), &admin.cert_pem)?;
+    write_private(&data.admin_key(), &admin.key_pem)?;
+    for dir in [data.pki(), data.admin(), data.root().to_path_buf()] {
+        datadir::sync_dir(&dir)?;
+    }
+    data.write_config(&MemberConfig {
+        name: options.name.clone(),
+        cluster_id: format_id(cluster_id),
+        member_id: format_id(member_id),
+        listen_client: options.listen_client.clone(),
+        listen_peer: options.listen_peer.clone(),
+    })?;
+    Ok(data)
+}
+
+/// Runs the member in `dir` until SIGINT or SIGTERM, then stops accepting requests, finishes the
+/// ones in flight and closes the store.
+pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError> {
+    let data = DataDir::new(dir);
+    let config = data.read_config()?;
+    let ca_cert = read(&data.ca_cert())?;
+    let identity = CertifiedKey {
+        cert_pem: read(&data.member_cert())?,
+        key_pem: read(&data.member_key())?,
+    };
+    let expires = pki::identity_of(&pki::first_cert_der(&identity.cert_pem)?)?.not_after;
+    if expires <= std::time::SystemTime::now() {
+        return Err(ServerError::CertificateExpired(data.member_cert()));
+    }
+    let tls = pki::server_tls_config(&ca_cert, &identity)?;
+
+    let store = Arc::new(Store::open(&data.mvcc_db())?);
+    let (proposer, apply_thread) = Proposer::start(store.clone())?;
+    let listener = TcpListener::bind(&config.listen_client)
+        .await
+        .map_err(|e| ServerError::Listen(config.listen_client.clone(), e))?;
+    let client_url = format!(
+        "https://{}",
+        listener
+            .local_addr()
+            .map_err(|e| ServerError::Listen(config.listen_client.clone(), e))?
+    );
+    let context = Arc::new(ApiContext {
+        store,
+        proposer,
+        member: MemberInfo {
+            cluster_id: config.cluster_id()?,
+            member_id: config.member_id()?,
+            name: config.name.clone(),
+            peer_urls: vec![format!("https://{}", config.listen_peer)],
+            client_urls: vec![client_url.clone()],
+        },
+        limits: options.limits,
+    });
+
+    println!(
+        "bulwark: member {} ({}) of cluster {}",
+        config.name, config.member_id, config.cluster_id
+    );
+    println!("bulwark: serving clients on {client_url}");
+    println!(
+        "bulwark: connect with: etcdctl --endpoints={client_url} --cacert={} --cert={} --key={}",
+        data.admin_ca_cert().display(),
+        data.admin_cert().display(),
+        data.admin_key().display()
+    );
+
+    transport::serve_tls(listener, tls, api::services(context), shutdown_signal()).await?;
+    tracing::info!("stopped serving; closing the store");
+    // The services (and their proposers) are gone, so the write path drains and stops.
+    let _ = tokio::task::spawn_blocking(move || apply_thread.join()).await;
+    println!("bulwark: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn host_of(address: &str) -> Result<String, ServerError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| ServerError::BadAddress(address.to_string()))?;
+    port.parse::<u16>()
+        .map_err(|_| ServerError::BadAddress(address.to_string()))?;
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
+}
+
+fn random_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ServerError> {
+    std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))
+}
+
+fn write_public(path: &Path, contents: &str) -> Result<(), ServerError> {
+    use std::io::Write;
+    let mut file = std::fs::File::create_new(path).map_err(|e| ServerError::io(path, e))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| ServerError::io(path, e))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
+    pki::write_private_file(path, contents.as_bytes()).map_err(|e| ServerError::io(path, e))
+}

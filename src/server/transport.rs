@@ -1,0 +1,66 @@
+//! The client listener: TCP, then a TLS handshake that requires a client certificate from the
+//! cluster CA, then gRPC. A connection that fails the handshake never reaches a service.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::api::Services;
+
+/// A client that has not finished its handshake by then is dropped, so slow or silent
+/// connections cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `services` on `listener` over mutual TLS until `shutdown` completes, then finishes the
+/// requests in flight.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (connections, incoming) = mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let accepting = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = connections.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "refused a client at the TLS handshake")
+                    }
+                    Err(_) => tracing::info!(%peer, "client TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let result = Server::builder()
+        .add_service(services.kv)
+        .add_service(services.maintenance)
+        .add_service(services.cluster)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
+        .await;
+    accepting.abort();
+    result
+}
