@@ -1,0 +1,695 @@
+//! The harness every whole-cluster test uses: real `bulwark` processes on free loopback ports,
+//! each cluster in its own temporary directory, driven by `etcdctl` 3.4, the `etcd-client` crate,
+//! Bulwark's own CLI, and raw bytes.
+//!
+//! # Layout
+//!
+//! - this file: free ports, running a command under a deadline ([`run_bounded`]), [`Member`] (one
+//!   `bulwark` process, its data directory and logs) and [`Cluster`] (a temporary directory
+//!   holding N members; today N = 1, `bulwark join` will add the others).
+//! - `etcdctl.rs`: [`Etcdctl`], etcdctl 3.4 with a member's endpoint and TLS flags.
+//! - `client.rs`: connected `etcd_client::Client`s and gRPC error assertions.
+//! - `raw.rs`: raw TLS connections and hand-made HTTP/2 frames, for handshake and hostile-input
+//!   tests.
+//! - `json.rs`: normalising etcdctl's JSON before comparing it with etcd's.
+//!
+//! # Rules every test keeps
+//!
+//! - Only 127.0.0.1.
+//! - Every wait has a deadline; the deadlines are generous bounds, never assertions about speed.
+//! - Every process is SIGKILLed and waited for when its [`Member`] drops, even when the test
+//!   panics; the member's logs are printed then (libtest shows them with the failure).
+//! - Tests share nothing: each starts its own cluster in its own directory.
+//!
+//! Set `BULWARK_TEST_KEEP_DIRS=1` to keep the directory of a failed test for inspection.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod etcdctl;
+pub mod json;
+pub mod raw;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use etcdctl::Etcdctl;
+
+/// The binary under test, built by cargo for this test run.
+pub const BULWARK: &str = env!("CARGO_BIN_EXE_bulwark");
+
+/// How long a member may take to print its "serving" line. Generous: the machine may be
+/// compiling at the same time.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a member may take to exit after SIGTERM/SIGINT before we call it hung.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a one-shot command (etcdctl, `bulwark get`, a refused `bulwark init`) may run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Poll interval of every wait loop.
+const POLL: Duration = Duration::from_millis(25);
+/// How many fresh port pairs `init` tries when the server cannot bind (another process took a
+/// port between our probe and its bind).
+const BIND_ATTEMPTS: usize = 5;
+
+/// The line a member prints once it is ready, followed by its client URL.
+pub const SERVING_PREFIX: &str = "bulwark: serving clients on ";
+
+// ---------------------------------------------------------------------------------------------
+// Ports
+
+/// A loopback port nothing listens on right now: bind port 0, read the port, drop the socket.
+/// Ports handed out earlier in this process are never handed out again, so concurrent tests of
+/// one binary do not collide with each other; a collision with another process is caught when
+/// the member fails to bind, and `Member::init` retries with new ports.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        drop(listener);
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port found in 1000 tries");
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-shot commands
+
+/// What a finished command printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The command line, for messages.
+    pub command: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with everything the command printed unless it exited 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.success(), "command failed:\n{self}");
+        self
+    }
+
+    /// Panics unless it exited with a non-zero code.
+    #[track_caller]
+    pub fn assert_failure(&self) -> &Self {
+        assert!(
+            matches!(self.code, Some(code) if code != 0),
+            "command should have failed with a non-zero exit code:\n{self}"
+        );
+        self
+    }
+
+    /// stdout parsed as one JSON document.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+    }
+
+    /// stderr without etcdctl's structured (JSON) log lines, which carry timestamps.
+    pub fn stderr_messages(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|line| !line.starts_with("{\"level\""))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "$ {}\nexit code: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion, feeding it `stdin`, and kills it if it runs past `timeout`
+/// (which is a test failure: a hung command).
+pub fn run_bounded(mut command: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let description = format!("{command:?}");
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let writer = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            // The command may exit without reading everything; that is its business.
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a command") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(POLL);
+    };
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    let output = Output {
+        command: description,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        code: status.and_then(|s| s.code()),
+    };
+    assert!(
+        status.is_some(),
+        "command still running after {timeout:?}, killed:\n{output}"
+    );
+    output
+}
+
+/// Runs `bulwark ARGS` to completion (a client command, or a server command expected to refuse).
+pub fn run_bulwark<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    let mut command = Command::new(BULWARK);
+    command.args(args).env("RUST_BACKTRACE", "1");
+    run_bounded(command, None, COMMAND_TIMEOUT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Members
+
+/// Server options a member starts with; `serve` after a restart gets the same limits.
+#[derive(Debug, Clone, Default)]
+pub struct MemberOptions {
+    /// `--name`; `m0`, `m1`, ... by default.
+    pub name: Option<String>,
+    pub max_request_bytes: Option<usize>,
+    pub max_txn_ops: Option<usize>,
+}
+
+impl MemberOptions {
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = Some(bytes);
+        self
+    }
+    pub fn max_txn_ops(mut self, ops: usize) -> Self {
+        self.max_txn_ops = Some(ops);
+        self
+    }
+
+    fn limit_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(bytes) = self.max_request_bytes {
+            args.extend(["--max-request-bytes".to_string(), bytes.to_string()]);
+        }
+        if let Some(ops) = self.max_txn_ops {
+            args.extend(["--max-txn-ops".to_string(), ops.to_string()]);
+        }
+        args
+    }
+}
+
+/// The three files of a client identity (what etcdctl's `--cacert --cert --key` take).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The admin identity `bulwark init` writes into `DIR/admin/`.
+    pub fn admin_of(data_dir: &Path) -> TlsFiles {
+        let admin = data_dir.join("admin");
+        TlsFiles {
+            ca: admin.join("ca.crt"),
+            cert: admin.join("client.crt"),
+            key: admin.join("client.key"),
+        }
+    }
+}
+
+enum StartError {
+    /// The member could not bind its ports: someone took them. Retry with others.
+    AddressInUse(String),
+    Failed(String),
+}
+
+/// One `bulwark` member: its data directory, its addresses, its current process (if running)
+/// and the logs of every process it has run. Dropping it SIGKILLs the process.
+pub struct Member {
+    name: String,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    options: MemberOptions,
+    process: Option<Child>,
+    /// How many processes this member has run; names the log files.
+    runs: u32,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Member {
+    /// `bulwark init` a new one-member cluster in `data_dir` (empty or missing) on fresh loopback
+    /// ports, and waits until it serves. Panics, with the logs, if it does not.
+    pub fn init(data_dir: &Path, options: MemberOptions) -> Member {
+        let name = options.name.clone().unwrap_or_else(|| "m0".to_string());
+        let log_dir = log_dir_of(data_dir);
+        fs::create_dir_all(&log_dir).expect("creating the log directory");
+        let mut failures = Vec::new();
+        for attempt in 0..BIND_ATTEMPTS {
+            if attempt > 0 {
+                // The refused attempt may have written a member before failing to bind.
+                let _ = fs::remove_dir_all(data_dir);
+            }
+            let mut member = Member {
+                name: name.clone(),
+                data_dir: data_dir.to_path_buf(),
+                log_dir: log_dir.clone(),
+                client_addr: loopback(free_port()),
+                peer_addr: loopback(free_port()),
+                options: options.clone(),
+                process: None,
+                runs: attempt as u32,
+                stdout_path: PathBuf::new(),
+                stderr_path: PathBuf::new(),
+            };
+            let mut args = vec![
+                "init".to_string(),
+                "--data-dir".to_string(),
+                data_dir.display().to_string(),
+                "--name".to_string(),
+                name.clone(),
+                "--listen-client".to_string(),
+                member.client_addr.to_string(),
+                "--listen-peer".to_string(),
+                member.peer_addr.to_string(),
+            ];
+            args.extend(options.limit_args());
+            member.spawn(&args, "init");
+            match member.wait_ready() {
+                Ok(()) => return member,
+                Err(StartError::AddressInUse(text)) => failures.push(text),
+                Err(StartError::Failed(text)) => {
+                    panic!("member {name} did not start:\n{text}")
+                }
+            }
+        }
+        panic!(
+            "member {name} could not bind free ports in {BIND_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// `bulwark serve` the member again (after `kill9`, `terminate` or `interrupt`), on the
+    /// addresses `init` recorded, and waits until it serves.
+    pub fn restart(&mut self) {
+        assert!(
+            self.process.is_none(),
+            "restart() of a running member: stop it first"
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut args = vec![
+            "serve".to_string(),
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        args.extend(self.options.limit_args());
+        loop {
+            self.spawn(&args, "serve");
+            match self.wait_ready() {
+                Ok(()) => return,
+                // Its recorded port is briefly taken by someone else: it is ours again soon.
+                Err(StartError::AddressInUse(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(StartError::AddressInUse(text)) | Err(StartError::Failed(text)) => {
+                    panic!("member {} did not restart:\n{text}", self.name)
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, args: &[String], label: &str) {
+        self.runs += 1;
+        self.stdout_path = self
+            .log_dir
+            .join(format!("{:02}-{label}.stdout", self.runs));
+        self.stderr_path = self
+            .log_dir
+            .join(format!("{:02}-{label}.stderr", self.runs));
+        let stdout = File::create(&self.stdout_path).expect("creating the stdout log");
+        let stderr = File::create(&self.stderr_path).expect("creating the stderr log");
+        let mut command = Command::new(BULWARK);
+        command
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BULWARK}: {e}"));
+        self.process = Some(child);
+    }
+
+    /// Polls the current process's stdout for the serving line, bounded by [`START_TIMEOUT`].
+    fn wait_ready(&mut self) -> Result<(), StartError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let expected = format!("{SERVING_PREFIX}https://{}", self.client_addr);
+        loop {
+            let stdout = read_lossy(&self.stdout_path);
+            for line in stdout.lines() {
+                if line == expected || line.starts_with(&format!("{expected} ")) {
+                    return Ok(());
+                }
+                if line.starts_with(SERVING_PREFIX) {
+                    self.kill9();
+                    return Err(StartError::Failed(format!(
+                        "serves on an unexpected address: {line:?}, expected {expected:?}\n{}",
+                        self.logs()
+                    )));
+                }
+            }
+            let child = self.process.as_mut().expect("a process to wait for");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.process = None;
+                let stderr = read_lossy(&self.stderr_path);
+                let text = format!("exited ({status}) before serving\n{}", self.logs());
+                let lowered = stderr.to_lowercase();
+                if lowered.contains("address already in use") || lowered.contains("cannot listen") {
+                    return Err(StartError::AddressInUse(text));
+                }
+                return Err(StartError::Failed(text));
+            }
+            if Instant::now() >= deadline {
+                self.kill9();
+                return Err(StartError::Failed(format!(
+                    "not serving after {START_TIMEOUT:?}\n{}",
+                    self.logs()
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// SIGKILL the process (if running) and reap it: a crash at an arbitrary moment.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit; returns its status. Panics (after SIGKILL) if it does not
+    /// exit within [`STOP_TIMEOUT`].
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// SIGINT (Ctrl-C) and wait for the exit, like [`Member::terminate`].
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGINT)
+    }
+
+    fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
+        let mut child = self
+            .process
+            .take()
+            .unwrap_or_else(|| panic!("member {} is not running", self.name));
+        // SAFETY: plain kill(2) on the pid of a child we have not reaped yet.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill({}, {signal}) failed", child.id());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "member {} did not exit within {STOP_TIMEOUT:?} of signal {signal}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// SIGSTOP: the process stays, frozen (a stalled member).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Member::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.process.as_ref().expect("a running member");
+        // SAFETY: kill(2) on our unreaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    }
+
+    /// Whether the process is running (reaps it if it exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        match self.process.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.process = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+    /// `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.client_addr)
+    }
+    /// The admin identity `init` wrote.
+    pub fn admin(&self) -> TlsFiles {
+        TlsFiles::admin_of(&self.data_dir)
+    }
+    /// etcdctl against this member with the admin identity.
+    pub fn etcdctl(&self) -> Etcdctl {
+        Etcdctl::new(&self.endpoint()).tls(&self.admin())
+    }
+    /// `bulwark ARGS --data-dir DIR`: Bulwark's client CLI with this member's admin identity.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ]);
+        run_bulwark(&all)
+    }
+    /// What the current (or last) process printed on stdout.
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.stdout_path)
+    }
+
+    /// Every log of every process this member ran, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.log_dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        let mut text = format!("===== logs of member {} =====\n", self.name);
+        for file in files {
+            text.push_str(&format!("----- {} -----\n", file.display()));
+            text.push_str(&read_lossy(&file));
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// The member gets SIGKILL if the test thread that started it dies without its `Drop` running
+/// (the test binary itself killed): no orphaned members outlive a test run.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn log_dir_of(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "member".into());
+    name.push(".logs");
+    data_dir.with_file_name(name)
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters
+
+/// A temporary directory and the members living in it (`DIR/m0`, `DIR/m1`, ...). Members are
+/// killed before the directory is removed.
+pub struct Cluster {
+    members: Vec<Member>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// A new one-member cluster (`bulwark init`), serving.
+    pub fn init(options: MemberOptions) -> Cluster {
+        let dir = temp_dir();
+        let name = options.name.clone().unwrap_or_else(|| "m0".to_string());
+        let member = Member::init(&dir.path().join(&name), options);
+        Cluster {
+            members: vec![member],
+            dir: Some(dir),
+        }
+    }
+
+    /// A one-member cluster with default options.
+    pub fn single() -> Cluster {
+        Cluster::init(MemberOptions::default())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("cluster directory").path()
+    }
+    pub fn member(&self, index: usize) -> &Member {
+        &self.members[index]
+    }
+    pub fn member_mut(&mut self, index: usize) -> &mut Member {
+        &mut self.members[index]
+    }
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+    /// Every member's client URL, comma-separated (etcdctl's `--endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.members.clear();
+        if std::thread::panicking() && std::env::var_os("BULWARK_TEST_KEEP_DIRS").is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("kept the test directory {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// A fresh temporary directory for a test's members.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("bulwark-test-")
+        .tempdir()
+        .expect("creating a temporary directory")
+}
