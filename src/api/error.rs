@@ -22,10 +22,16 @@ pub enum ApiError {
     RequestTooLarge,
     #[error(transparent)]
     Mvcc(#[from] MvccError),
-    #[error("storage failure: {0}")]
-    Storage(String),
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("leader changed")]
+    LeaderChanged,
     #[error("server stopped")]
     Stopped,
+    #[error("peer communication failed: {0}")]
+    Peer(String),
     #[error("{0} is not supported by this member yet")]
     Unsupported(&'static str),
 }
@@ -34,8 +40,11 @@ impl From<ProposeError> for ApiError {
     fn from(error: ProposeError) -> Self {
         match error {
             ProposeError::Rejected(error) => ApiError::Mvcc(error),
-            ProposeError::Storage(message) => ApiError::Storage(message),
+            ProposeError::NoLeader => ApiError::NoLeader,
+            ProposeError::Timeout => ApiError::Timeout,
+            ProposeError::LeaderChanged => ApiError::LeaderChanged,
             ProposeError::Stopped => ApiError::Stopped,
+            ProposeError::Peer(message) => ApiError::Peer(message),
         }
     }
 }
@@ -60,8 +69,11 @@ impl ApiError {
                 MvccError::Corrupt(_) => etcd(Code::DataLoss, "corrupt cluster"),
                 MvccError::Storage(_) => etcd(Code::Internal, &error.to_string()),
             },
-            ApiError::Storage(_) => etcd(Code::Internal, &self.to_string()),
-            ApiError::Stopped => etcd(Code::Unavailable, "server stopped"),
+            ApiError::NoLeader
+            | ApiError::Timeout
+            | ApiError::LeaderChanged
+            | ApiError::Stopped
+            | ApiError::Peer(_) => etcd(Code::Unavailable, &self.to_string()),
             ApiError::Unsupported(_) => (Code::Unimplemented, self.to_string()),
         }
     }
@@ -119,6 +131,21 @@ mod tests {
                 ApiError::Mvcc(MvccError::LeaseNotFound),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                ApiError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                ApiError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                ApiError::LeaderChanged,
+                Code::Unavailable,
+                "etcdserver: leader changed",
             ),
             (
                 ApiError::Mvcc(MvccError::Corrupt("x".into())),

@@ -9,7 +9,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
-use super::{ApiContext, ETCD_VERSION, RAFT_TERM};
+use super::{ApiContext, ETCD_VERSION};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
@@ -44,18 +44,19 @@ impl Maintenance for MaintenanceService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let status = self.0.store.status().map_err(ApiError::from)?;
+        let raft = self.0.consensus.status();
         let db_size = self.0.store.file_size() as i64;
         Ok(Response::new(StatusResponse {
             header: self.0.header(status.current_revision),
             version: ETCD_VERSION.to_string(),
             db_size,
-            leader: self.0.member.member_id,
-            raft_index: status.applied_index,
-            raft_term: RAFT_TERM,
-            raft_applied_index: status.applied_index,
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.last_log_index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
             errors: Vec::new(),
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: raft.is_learner,
         }))
     }
 
@@ -129,21 +130,24 @@ impl Cluster for ClusterService {
         &self,
         _request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let info = &self.0.member;
-        let mut header = self.0.header(0);
-        if let Some(header) = header.as_mut() {
-            // etcd's member list header carries no revision.
-            header.revision = 0;
-        }
+        let members = self
+            .0
+            .consensus
+            .status()
+            .members
+            .into_iter()
+            .map(|(id, node, is_learner)| Member {
+                id,
+                name: node.name,
+                peer_ur_ls: vec![format!("https://{}", node.peer_addr)],
+                client_ur_ls: vec![node.client_url],
+                is_learner,
+            })
+            .collect();
         Ok(Response::new(MemberListResponse {
-            header,
-            members: vec![Member {
-                id: info.member_id,
-                name: info.name.clone(),
-                peer_ur_ls: info.peer_urls.clone(),
-                client_ur_ls: info.client_urls.clone(),
-                is_learner: false,
-            }],
+            // etcd's member list header carries no revision.
+            header: self.0.header(0),
+            members,
         }))
     }
 

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::Limits;
+use crate::raft::RaftTimings;
 use crate::server::{self, InitOptions, ServeOptions};
 
 #[derive(Debug, Parser)]
@@ -74,6 +75,15 @@ struct LimitArgs {
     /// Most operations in one txn branch.
     #[arg(long, default_value_t = Limits::default().max_txn_ops)]
     max_txn_ops: usize,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = RaftTimings::default().heartbeat_ms)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds (randomized between it and twice it).
+    #[arg(long, default_value_t = RaftTimings::default().election_min_ms)]
+    election_timeout: u64,
+    /// Applied entries between Raft snapshots (the log is purged behind a snapshot).
+    #[arg(long, default_value_t = RaftTimings::default().snapshot_every)]
+    snapshot_count: u64,
 }
 
 impl LimitArgs {
@@ -82,6 +92,12 @@ impl LimitArgs {
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
+            },
+            timings: RaftTimings {
+                heartbeat_ms: self.heartbeat_interval,
+                election_min_ms: self.election_timeout,
+                election_max_ms: self.election_timeout * 2,
+                snapshot_every: self.snapshot_count,
             },
         }
     }
@@ -134,7 +150,11 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(server_command: bool) {
-    let default = if server_command { "info" } else { "warn" };
+    let default = if server_command {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -12,7 +12,7 @@ use super::keys::{history_key, history_prefix, revision_of_history_key, KeyRange
 use super::read::{decode_kv, range_request, scan_latest, Record};
 use super::{
     compare, CommandResponse, MvccError, Revision, StoreStatus, BY_REVISION, HISTORY, LATEST, META,
-    META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION,
+    META_COMPACT_REVISION, META_CURRENT_REVISION,
 };
 use crate::proto::bulwarkpb::{command::Kind, Command};
 use crate::proto::etcdserverpb::{
@@ -74,12 +74,6 @@ impl<'txn> ApplyState<'txn> {
             meta,
             status,
         })
-    }
-
-    pub(super) fn set_applied_index(&mut self, index: u64) -> Result<(), MvccError> {
-        self.status.applied_index = index;
-        self.meta.insert(META_APPLIED_INDEX, index as i64)?;
-        Ok(())
     }
 
     pub(super) fn apply(&mut self, command: Command) -> Result<CommandResponse, MvccError> {
