@@ -8,6 +8,7 @@
 //!
 //! Invariant: no service writes to storage except through [`Consensus::propose`].
 
+pub mod admin;
 pub mod error;
 mod kv;
 mod maintenance;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::mvcc::{CommandResponse, Store};
+use crate::proto::bulwarkpb::admin_server::AdminServer;
 use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
@@ -100,6 +102,7 @@ pub struct Services {
     pub kv: KvServer<kv::KvService>,
     pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
     pub cluster: ClusterServer<maintenance::ClusterService>,
+    pub admin: AdminServer<admin::AdminService>,
 }
 
 pub fn services(context: Arc<ApiContext>) -> Services {
@@ -108,7 +111,8 @@ pub fn services(context: Arc<ApiContext>) -> Services {
         kv: KvServer::new(kv::KvService(context.clone())).max_decoding_message_size(max_message),
         maintenance: MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
             .max_decoding_message_size(max_message),
-        cluster: ClusterServer::new(maintenance::ClusterService(context))
+        cluster: ClusterServer::new(maintenance::ClusterService(context.clone()))
             .max_decoding_message_size(max_message),
+        admin: AdminServer::new(admin::AdminService(context)),
     }
 }

@@ -13,6 +13,7 @@
 //!   historical reads and compaction scan;
 //! - `by_revision`: `(main, sub)` -> key: the change log in revision order;
 //! - `meta`: current revision, compacted revision;
+//! - `settings`: cluster settings outside the etcd keyspace (join tokens), name -> bytes;
 //! - `consensus`: opaque bytes the write path stores with the data (its last applied log
 //!   position), so data and position can never disagree after a crash.
 //!
@@ -59,6 +60,7 @@ const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
 const BY_REVISION: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("by_revision");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const CONSENSUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consensus");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 const META_CURRENT_REVISION: &str = "current_revision";
 const META_COMPACT_REVISION: &str = "compact_revision";
@@ -104,6 +106,7 @@ pub enum CommandResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    SettingStored,
 }
 
 /// Revisions and positions a caller may report (`Status`, response headers).
@@ -128,6 +131,7 @@ impl Store {
             txn.open_table(HISTORY)?;
             txn.open_table(BY_REVISION)?;
             txn.open_table(CONSENSUS)?;
+            txn.open_table(SETTINGS)?;
             let mut meta = txn.open_table(META)?;
             if meta.get(META_CURRENT_REVISION)?.is_none() {
                 meta.insert(META_CURRENT_REVISION, FIRST_REVISION)?;
@@ -172,6 +176,13 @@ impl Store {
         }
         txn.commit()?;
         Ok(results)
+    }
+
+    /// A cluster setting stored by a `set_setting` command.
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SETTINGS)?;
+        Ok(table.get(name)?.map(|v| v.value().to_vec()))
     }
 
     /// The `consensus` bytes of the last [`Store::apply`], if any.

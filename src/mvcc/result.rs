@@ -14,6 +14,7 @@ pub fn encode_result(result: &Result<CommandResponse, MvccError>) -> Vec<u8> {
         Ok(CommandResponse::DeleteRange(r)) => Kind::DeleteRange(r.clone()),
         Ok(CommandResponse::Txn(r)) => Kind::Txn(r.clone()),
         Ok(CommandResponse::Compaction(r)) => Kind::Compaction(*r),
+        Ok(CommandResponse::SettingStored) => Kind::SettingStored(true),
         Err(error) => {
             let reason = match error {
                 MvccError::Compacted => Reason::Compacted,
@@ -39,6 +40,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<CommandResponse, MvccError> {
         Some(Kind::DeleteRange(r)) => Ok(CommandResponse::DeleteRange(r)),
         Some(Kind::Txn(r)) => Ok(CommandResponse::Txn(r)),
         Some(Kind::Compaction(r)) => Ok(CommandResponse::Compaction(r)),
+        Some(Kind::SettingStored(_)) => Ok(CommandResponse::SettingStored),
         Some(Kind::Rejected(rejection)) => Err(
             match Reason::try_from(rejection.reason).unwrap_or(Reason::Unknown) {
                 Reason::Compacted => MvccError::Compacted,

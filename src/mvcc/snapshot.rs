@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 
-use super::{MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, META};
+use super::{MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, META, SETTINGS};
 
 const MAGIC: &[u8; 8] = b"BWSNAP01";
 const END: u8 = 0xff;
@@ -25,6 +25,7 @@ const TABLE_HISTORY: u8 = 1;
 const TABLE_BY_REVISION: u8 = 2;
 const TABLE_META: u8 = 3;
 const TABLE_CONSENSUS: u8 = 4;
+const TABLE_SETTINGS: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -127,6 +128,20 @@ impl Store {
                 value.value(),
             )?;
         }
+        for row in txn
+            .open_table(SETTINGS)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (name, value) = row.map_err(MvccError::from)?;
+            write_record(
+                &mut out,
+                TABLE_SETTINGS,
+                name.value().as_bytes(),
+                value.value(),
+            )?;
+        }
         out.write_all(&[END])?;
         let digest = out.digest.finalize();
         out.out.write_all(&digest)?;
@@ -147,11 +162,13 @@ impl Store {
             txn.delete_table(BY_REVISION).map_err(MvccError::from)?;
             txn.delete_table(META).map_err(MvccError::from)?;
             txn.delete_table(CONSENSUS).map_err(MvccError::from)?;
+            txn.delete_table(SETTINGS).map_err(MvccError::from)?;
             let mut latest = txn.open_table(LATEST).map_err(MvccError::from)?;
             let mut history = txn.open_table(HISTORY).map_err(MvccError::from)?;
             let mut by_revision = txn.open_table(BY_REVISION).map_err(MvccError::from)?;
             let mut meta = txn.open_table(META).map_err(MvccError::from)?;
             let mut consensus = txn.open_table(CONSENSUS).map_err(MvccError::from)?;
+            let mut settings = txn.open_table(SETTINGS).map_err(MvccError::from)?;
             for (table, key, value) in records {
                 let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
                 match table {
@@ -181,6 +198,10 @@ impl Store {
                         let name =
                             std::str::from_utf8(key).map_err(|_| corrupt("consensus name"))?;
                         consensus.insert(name, value).map_err(MvccError::from)?;
+                    }
+                    TABLE_SETTINGS => {
+                        let name = std::str::from_utf8(key).map_err(|_| corrupt("setting name"))?;
+                        settings.insert(name, value).map_err(MvccError::from)?;
                     }
                     other => return Err(corrupt(&format!("unknown table {other}"))),
                 }

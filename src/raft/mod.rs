@@ -46,6 +46,10 @@ pub struct MemberNode {
     pub peer_addr: String,
     /// https://HOST:PORT of the client listener.
     pub client_url: String,
+    /// Joined with a token: the leader promotes it to voter once it has caught up. Learners
+    /// added on purpose (`member add --learner`) stay learners.
+    #[serde(default)]
+    pub promote: bool,
 }
 
 impl std::fmt::Display for MemberNode {
@@ -79,6 +83,8 @@ openraft::declare_raft_types!(
 
 /// How long a client request may wait for consensus before answering `request timed out`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// A learner this close to the leader's log is caught up enough to vote.
+const PROMOTE_LAG: u64 = 16;
 /// How long to wait for a leader to appear before answering `no leader`.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
@@ -318,6 +324,71 @@ impl Consensus {
                     (*id, node.clone(), learner)
                 })
                 .collect(),
+        }
+    }
+
+    /// Adds a learner (on the leader); it starts receiving the log at once.
+    pub async fn add_learner(&self, id: NodeId, node: MemberNode) -> Result<(), ProposeError> {
+        match self.raft.add_learner(id, node, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::LeaderChanged)
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Peer(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
+        }
+    }
+
+    /// The peer address of the current leader, if known.
+    pub fn leader_peer_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.peer_addr.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// While this member leads, promotes every learner that joined to become a voter once its
+    /// log is within [`PROMOTE_LAG`] entries of the leader's. Runs until the member stops.
+    pub async fn promote_caught_up_learners(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            ticker.tick().await;
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.current_leader != Some(self.id) {
+                continue;
+            }
+            let membership = metrics.membership_config.membership();
+            let last_index = metrics.last_log_index.unwrap_or(0);
+            let ready: std::collections::BTreeSet<NodeId> = membership
+                .learner_ids()
+                .filter(|id| membership.get_node(id).is_some_and(|node| node.promote))
+                .filter(|id| {
+                    let matched = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|progress| progress.get(id).cloned().flatten())
+                        .map_or(0, |log_id| log_id.index);
+                    matched + PROMOTE_LAG >= last_index
+                })
+                .collect();
+            if ready.is_empty() {
+                continue;
+            }
+            tracing::info!(?ready, "promoting caught-up learners to voters");
+            if let Err(error) = self
+                .raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(ready), false)
+                .await
+            {
+                tracing::warn!(%error, "promoting learners failed; will retry");
+            }
         }
     }
 

@@ -13,39 +13,61 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use std::sync::Arc;
+
+use tonic::transport::{Channel, Endpoint};
 
 use super::{MemberNode, NodeId, TypeConfig};
-use crate::pki::CertifiedKey;
+use crate::pki::{self, CertifiedKey, PkiError};
 use crate::proto::bulwarkpb::peer_client::PeerClient;
 use crate::proto::bulwarkpb::{ProposeRequest, RaftPayload, ReadIndexRequest};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A gRPC channel to `address` (HOST:PORT) over TLS with exactly the rustls configuration given
+/// (Bulwark's own verifiers, not tonic's defaults). Connects on first use, reconnects as needed.
+pub fn tls_channel(address: &str, tls: Arc<rustls::ClientConfig>) -> Channel {
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let address = address.to_string();
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .expect("HOST:PORT makes a valid URI")
+        .connect_timeout(CONNECT_TIMEOUT);
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let connector = connector.clone();
+        let address = address.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&address).await?;
+            tcp.set_nodelay(true)?;
+            let host = address
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(std::io::Error::other)?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    }))
+}
+
 /// How this member reaches its peers: the cluster CA and its own member certificate.
 #[derive(Clone)]
 pub struct PeerTls {
-    tls: ClientTlsConfig,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl PeerTls {
-    pub fn new(ca_cert_pem: &str, identity: &CertifiedKey) -> Self {
-        PeerTls {
-            tls: ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca_cert_pem))
-                .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem)),
-        }
+    pub fn new(ca_cert_pem: &str, identity: &CertifiedKey) -> Result<Self, PkiError> {
+        Ok(PeerTls {
+            tls: pki::client_tls_config(ca_cert_pem, identity)?,
+        })
     }
 
     /// A client for the member at `peer_addr` (HOST:PORT); connects on first use.
     pub fn client(&self, peer_addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-        let channel = Channel::from_shared(format!("https://{peer_addr}"))
-            .expect("HOST:PORT makes a valid URI")
-            .tls_config(self.tls.clone())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(PeerClient::new(channel).max_decoding_message_size(usize::MAX))
+        Ok(PeerClient::new(tls_channel(peer_addr, self.tls.clone()))
+            .max_decoding_message_size(usize::MAX))
     }
 }
 

@@ -5,6 +5,7 @@
 //! last, after every key and certificate is durable.
 
 pub mod datadir;
+pub mod join;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiContext, Limits, MemberInfo};
 use crate::mvcc::{MvccError, Store};
 use crate::pki::{self, CertifiedKey, ClusterCa, PkiError};
+use crate::proto::bulwarkpb::join_server::JoinServer;
 use crate::proto::bulwarkpb::peer_server::PeerServer;
 use crate::raft::network::PeerTls;
 use crate::raft::peer_service::PeerService;
@@ -26,9 +28,7 @@ use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 const MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Lifetime of the admin identity `init` writes.
 const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The admin identity's name: etcd's client-cert-auth maps the CN to a user, and `root` is
-/// etcd's all-powerful user.
-pub const ADMIN_NAME: &str = "root";
+pub use crate::api::admin::ADMIN_NAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -137,11 +137,13 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         return Err(ServerError::CertificateExpired(data.member_cert()));
     }
     let tls = pki::server_tls_config(&ca_cert, &identity)?;
+    let peer_tls_server = pki::peer_server_tls_config(&ca_cert, &identity)?;
+    let ca = Arc::new(ClusterCa::from_pem(&ca_cert, &read(&data.ca_key())?)?);
 
     create_private_dir(&data.raft())?;
     let store = Arc::new(Store::open(&data.mvcc_db())?);
     let log = LogStore::open(&data.raft_log())?;
-    let peer_tls = PeerTls::new(&ca_cert, &identity);
+    let peer_tls = PeerTls::new(&ca_cert, &identity)?;
     let member_id = config.member_id()?;
     let consensus = Arc::new(
         Consensus::start(
@@ -168,11 +170,14 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
                 name: config.name.clone(),
                 peer_addr: peer_addr.clone(),
                 client_url: client_url.clone(),
+                promote: false,
             })
             .await?;
+        ensure_join_token(&consensus, &store, ca.cert_pem()).await?;
     }
+    let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
     let context = Arc::new(ApiContext {
-        store,
+        store: store.clone(),
         consensus: consensus.clone(),
         member: MemberInfo {
             cluster_id: config.cluster_id()?,
@@ -202,30 +207,65 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     let client_router = tonic::transport::Server::builder()
         .add_service(services.kv)
         .add_service(services.maintenance)
-        .add_service(services.cluster);
-    let peer_router = tonic::transport::Server::builder().add_service(
-        PeerServer::new(PeerService {
+        .add_service(services.cluster)
+        .add_service(services.admin);
+    let peer_router = tonic::transport::Server::builder()
+        .add_service(
+            PeerServer::new(PeerService {
+                consensus: consensus.clone(),
+            })
+            .max_decoding_message_size(usize::MAX),
+        )
+        .add_service(JoinServer::new(join::JoinService {
             consensus: consensus.clone(),
-        })
-        .max_decoding_message_size(usize::MAX),
-    );
+            store,
+            ca,
+        }));
     let clients = transport::serve_tls(
         client_listener,
-        tls.clone(),
+        tls,
         client_router,
         wait_stop(stopped.clone()),
     );
-    let peers = transport::serve_tls(peer_listener, tls, peer_router, wait_stop(stopped));
+    let peers = transport::serve_tls(
+        peer_listener,
+        peer_tls_server,
+        peer_router,
+        wait_stop(stopped),
+    );
     let signal = async {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
     let (client_result, peer_result, ()) = tokio::join!(clients, peers, signal);
     tracing::info!("stopped serving; stopping consensus");
+    promoter.abort();
     consensus.shutdown().await;
     client_result?;
     peer_result?;
     println!("bulwark: stopped");
+    Ok(())
+}
+
+/// A new cluster's first start: creates the manager join token once, through consensus, so every
+/// member can check it.
+async fn ensure_join_token(
+    consensus: &Consensus,
+    store: &Store,
+    ca_cert_pem: &str,
+) -> Result<(), ServerError> {
+    if store.setting(join::MANAGER_TOKEN_SETTING)?.is_some() {
+        return Ok(());
+    }
+    let token = pki::JoinToken::generate(ca_cert_pem)?;
+    consensus
+        .propose(crate::proto::bulwarkpb::command::Kind::SetSetting(
+            crate::proto::bulwarkpb::Setting {
+                name: join::MANAGER_TOKEN_SETTING.to_string(),
+                value: token.to_string().into_bytes(),
+            },
+        ))
+        .await?;
     Ok(())
 }
 
