@@ -32,6 +32,18 @@ pub enum ApiError {
     Stopped,
     #[error("peer communication failed: {0}")]
     Peer(String),
+    #[error("{0}")]
+    MembershipRefused(String),
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("can only promote a learner member")]
+    NotALearner,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("bad peer URL {0:?}: expected https://HOST:PORT")]
+    BadPeerUrl(String),
     #[error("{0} is not supported by this member yet")]
     Unsupported(&'static str),
 }
@@ -45,6 +57,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::LeaderChanged => ApiError::LeaderChanged,
             ProposeError::Stopped => ApiError::Stopped,
             ProposeError::Peer(message) => ApiError::Peer(message),
+            ProposeError::Membership(message) => ApiError::MembershipRefused(message),
         }
     }
 }
@@ -75,6 +88,12 @@ impl ApiError {
             | ApiError::Stopped
             | ApiError::Peer(_) => etcd(Code::Unavailable, &self.to_string()),
             ApiError::Unsupported(_) => (Code::Unimplemented, self.to_string()),
+            ApiError::MemberNotFound => etcd(Code::NotFound, &self.to_string()),
+            ApiError::PeerUrlExists
+            | ApiError::NotALearner
+            | ApiError::LearnerNotReady
+            | ApiError::MembershipRefused(_) => etcd(Code::FailedPrecondition, &self.to_string()),
+            ApiError::BadPeerUrl(_) => etcd(Code::InvalidArgument, &self.to_string()),
         }
     }
 }

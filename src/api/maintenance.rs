@@ -1,6 +1,6 @@
-//! etcd's `Maintenance` and `Cluster` services: what `etcdctl endpoint status|health` and
-//! `etcdctl member list` need. Calls that belong to later capabilities (defragment, hashes,
-//! snapshots, membership changes) answer `Unimplemented` with a clear message.
+//! etcd's `Maintenance` service: what `etcdctl endpoint status|health|alarm` need. Calls that
+//! belong to later capabilities (defragment, hashes, snapshots, move-leader) answer
+//! `Unimplemented` with a clear message.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,14 +11,12 @@ use tonic::{Request, Response, Status};
 use super::error::ApiError;
 use super::{ApiContext, ETCD_VERSION};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
-use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 
 pub struct MaintenanceService(pub(super) Arc<ApiContext>);
-pub struct ClusterService(pub(super) Arc<ApiContext>);
 
-fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
+pub(super) fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
     Err(ApiError::Unsupported(what).into())
 }
 
@@ -100,61 +98,5 @@ impl Maintenance for MaintenanceService {
         _request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         unsupported("Downgrade")
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _request: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        unsupported("MemberAdd")
-    }
-
-    async fn member_remove(
-        &self,
-        _request: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        unsupported("MemberRemove")
-    }
-
-    async fn member_update(
-        &self,
-        _request: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        unsupported("MemberUpdate")
-    }
-
-    async fn member_list(
-        &self,
-        _request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        let members = self
-            .0
-            .consensus
-            .status()
-            .members
-            .into_iter()
-            .map(|(id, node, is_learner)| Member {
-                id,
-                name: node.name,
-                peer_ur_ls: vec![format!("https://{}", node.peer_addr)],
-                client_ur_ls: vec![node.client_url],
-                is_learner,
-            })
-            .collect();
-        Ok(Response::new(MemberListResponse {
-            // etcd's member list header carries no revision.
-            header: self.0.header(0),
-            members,
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        _request: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        unsupported("MemberPromote")
     }
 }

@@ -9,10 +9,13 @@
 //! Invariant: no service writes to storage except through [`Consensus::propose`].
 
 pub mod admin;
+mod cluster;
 pub mod error;
 mod kv;
 mod maintenance;
 pub mod validate;
+
+pub use cluster::deny_setting;
 
 use std::sync::Arc;
 
@@ -101,7 +104,7 @@ impl ApiContext {
 pub struct Services {
     pub kv: KvServer<kv::KvService>,
     pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
-    pub cluster: ClusterServer<maintenance::ClusterService>,
+    pub cluster: ClusterServer<cluster::ClusterService>,
     pub admin: AdminServer<admin::AdminService>,
 }
 
@@ -111,7 +114,7 @@ pub fn services(context: Arc<ApiContext>) -> Services {
         kv: KvServer::new(kv::KvService(context.clone())).max_decoding_message_size(max_message),
         maintenance: MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
             .max_decoding_message_size(max_message),
-        cluster: ClusterServer::new(maintenance::ClusterService(context.clone()))
+        cluster: ClusterServer::new(cluster::ClusterService(context.clone()))
             .max_decoding_message_size(max_message),
         admin: AdminServer::new(admin::AdminService(context)),
     }

@@ -50,6 +50,9 @@ pub struct MemberNode {
     /// added on purpose (`member add --learner`) stay learners.
     #[serde(default)]
     pub promote: bool,
+    /// Serial (hex) of the member certificate it joined with: denied when it is removed.
+    #[serde(default)]
+    pub cert_serial: String,
 }
 
 impl std::fmt::Display for MemberNode {
@@ -103,6 +106,9 @@ pub enum ProposeError {
     Stopped,
     #[error("peer: {0}")]
     Peer(String),
+    /// A membership change openraft refused (e.g. another one in progress).
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }
 
 /// Timings for openraft; defaults suit a LAN, tests may shorten them.
@@ -339,6 +345,45 @@ impl Consensus {
         }
     }
 
+    /// Changes membership through the leader (forwarded when this member is not it, unless
+    /// `forwarded` says it already was).
+    pub async fn change_membership(
+        &self,
+        changes: openraft::ChangeMembers<NodeId, MemberNode>,
+        may_forward: bool,
+    ) -> Result<(), ProposeError> {
+        let attempt = async {
+            match self.raft.change_membership(changes.clone(), false).await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    match self.leader_node(&forward) {
+                        Some(leader) if may_forward => {
+                            let encoded = bincode::serialize(&changes)
+                                .map_err(|e| ProposeError::Peer(e.to_string()))?;
+                            network::forward_membership_change(
+                                &self.tls,
+                                &leader,
+                                encoded,
+                                REQUEST_TIMEOUT,
+                            )
+                            .await
+                            .map_err(status_to_error)
+                        }
+                        Some(_) => Err(ProposeError::LeaderChanged),
+                        None => Err(ProposeError::NoLeader),
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(ProposeError::Membership(e.to_string()))
+                }
+                Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout))
+    }
+
     /// The peer address of the current leader, if known.
     pub fn leader_peer_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -348,6 +393,12 @@ impl Consensus {
             .membership()
             .get_node(&leader)
             .map(|node| node.peer_addr.clone())
+    }
+
+    /// On the leader: whether member `id`'s log is within [`PROMOTE_LAG`] of the leader's.
+    pub fn caught_up(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        matched_index(&metrics, id) + PROMOTE_LAG >= metrics.last_log_index.unwrap_or(0)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -369,14 +420,7 @@ impl Consensus {
             let ready: std::collections::BTreeSet<NodeId> = membership
                 .learner_ids()
                 .filter(|id| membership.get_node(id).is_some_and(|node| node.promote))
-                .filter(|id| {
-                    let matched = metrics
-                        .replication
-                        .as_ref()
-                        .and_then(|progress| progress.get(id).cloned().flatten())
-                        .map_or(0, |log_id| log_id.index);
-                    matched + PROMOTE_LAG >= last_index
-                })
+                .filter(|id| matched_index(&metrics, *id) + PROMOTE_LAG >= last_index)
                 .collect();
             if ready.is_empty() {
                 continue;
@@ -408,6 +452,15 @@ pub struct RaftStatus {
     pub members: Vec<(NodeId, MemberNode, bool)>,
 }
 
+/// How far the leader knows member `id`'s log to match its own (0 when unknown).
+fn matched_index(metrics: &openraft::RaftMetrics<NodeId, MemberNode>, id: NodeId) -> u64 {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|progress| progress.get(&id).cloned().flatten())
+        .map_or(0, |log_id| log_id.index)
+}
+
 /// Maps a peer's gRPC answer back to the error the leader reported.
 fn status_to_error(status: tonic::Status) -> ProposeError {
     let message = status.message();
@@ -417,6 +470,8 @@ fn status_to_error(status: tonic::Status) -> ProposeError {
         ProposeError::Timeout
     } else if message.ends_with("leader changed") {
         ProposeError::LeaderChanged
+    } else if status.code() == tonic::Code::FailedPrecondition {
+        ProposeError::Membership(message.to_string())
     } else {
         ProposeError::Peer(format!("{}: {message}", status.code()))
     }

@@ -220,3 +220,19 @@ pub async fn fetch_read_index(
     request.set_timeout(timeout);
     Ok(client.read_index(request).await?.into_inner().index)
 }
+
+/// Hands a membership change to the leader.
+pub async fn forward_membership_change(
+    tls: &PeerTls,
+    leader: &MemberNode,
+    changes: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), tonic::Status> {
+    let mut client = tls
+        .client(&leader.peer_addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(RaftPayload { bincode: changes });
+    request.set_timeout(timeout);
+    client.change_membership(request).await?;
+    Ok(())
+}

@@ -11,15 +11,35 @@ use super::{Consensus, NodeId, TypeConfig};
 use crate::pki::{self, Role};
 use crate::proto::bulwarkpb::peer_server::Peer;
 use crate::proto::bulwarkpb::{
-    ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    ChangeMembershipResponse, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest,
+    ReadIndexResponse,
 };
 
 pub struct PeerService {
     pub consensus: Arc<Consensus>,
 }
 
-/// Refuses callers whose verified certificate is not a member certificate.
-pub fn require_member<T>(request: &Request<T>) -> Result<(), Status> {
+impl PeerService {
+    /// Refuses callers whose verified certificate is not a member certificate, or belongs to a
+    /// removed member (the replicated deny list).
+    fn require_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let identity = member_identity(request)?;
+        let denied = self
+            .consensus
+            .store
+            .setting(&crate::api::deny_setting(&identity.serial_hex))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if denied.is_some() {
+            return Err(Status::permission_denied(
+                "this member was removed from the cluster",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The identity of a caller presenting a member certificate.
+fn member_identity<T>(request: &Request<T>) -> Result<pki::PeerIdentity, Status> {
     let certs = request
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("a member certificate is required"))?;
@@ -33,7 +53,7 @@ pub fn require_member<T>(request: &Request<T>) -> Result<(), Status> {
             "only member certificates may use the peer port",
         ));
     }
-    Ok(())
+    Ok(identity)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
@@ -52,13 +72,13 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        require_member(&request)?;
+        self.require_member(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
         encode(&self.consensus.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_member(&request)?;
+        self.require_member(&request)?;
         let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
         encode(&self.consensus.raft.vote(rpc).await)
     }
@@ -67,7 +87,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        require_member(&request)?;
+        self.require_member(&request)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
         encode(&self.consensus.raft.install_snapshot(rpc).await)
     }
@@ -76,7 +96,7 @@ impl Peer for PeerService {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
-        require_member(&request)?;
+        self.require_member(&request)?;
         let command = request.into_inner().command;
         let result = self
             .consensus
@@ -86,11 +106,24 @@ impl Peer for PeerService {
         Ok(Response::new(ProposeResponse { result }))
     }
 
+    async fn change_membership(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<ChangeMembershipResponse>, Status> {
+        self.require_member(&request)?;
+        let changes = decode(request.get_ref())?;
+        self.consensus
+            .change_membership(changes, false)
+            .await
+            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        Ok(Response::new(ChangeMembershipResponse {}))
+    }
+
     async fn read_index(
         &self,
         request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
-        require_member(&request)?;
+        self.require_member(&request)?;
         let index = self
             .consensus
             .leader_read_index()

@@ -9,10 +9,12 @@
 //! the leader checks the secret against the replicated token, signs the CSR, and adds the node as
 //! a learner marked for promotion (`Consensus::promote_caught_up_learners`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::datadir::{create_private_dir, format_id, DataDir, MemberConfig};
@@ -85,17 +87,51 @@ impl Join for JoinService {
             .ca
             .sign_member_csr(&request.csr_pem, &request.name, &hosts, MEMBER_CERT_TTL)
             .map_err(|e| Status::invalid_argument(format!("certificate request refused: {e}")))?;
-        let member_id = random_id();
-        let node = MemberNode {
+        let cert_serial = pki::identity_of(
+            &pki::first_cert_der(&member_cert_pem).map_err(|e| Status::internal(e.to_string()))?,
+        )
+        .map_err(|e| Status::internal(e.to_string()))?
+        .serial_hex;
+        let mut node = MemberNode {
             name: request.name.clone(),
             peer_addr: request.peer_addr.clone(),
             client_url: format!("https://{}", request.client_addr),
             promote: true,
+            cert_serial,
         };
-        self.consensus
-            .add_learner(member_id, node)
-            .await
-            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        // A member pre-registered with `member add` at this peer address is adopted, keeping
+        // its id and its learner-or-voter intent.
+        let status = self.consensus.status();
+        let registered = status
+            .members
+            .iter()
+            .find(|(_, existing, _)| existing.peer_addr == request.peer_addr);
+        let member_id = match registered {
+            Some((id, existing, _)) if existing.name.is_empty() => {
+                node.promote = existing.promote;
+                self.consensus
+                    .change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(*id, node)])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+                *id
+            }
+            Some(_) => {
+                return Err(Status::failed_precondition(
+                    "etcdserver: Peer URLs already exists",
+                ))
+            }
+            None => {
+                let id = random_id();
+                self.consensus
+                    .add_learner(id, node)
+                    .await
+                    .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+                id
+            }
+        };
         tracing::info!(name = %request.name, member = %format_id(member_id), "admitted a member as learner");
         Ok(Response::new(JoinResponse {
             leader_peer_addr: String::new(),

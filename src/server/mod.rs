@@ -171,6 +171,8 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
                 peer_addr: peer_addr.clone(),
                 client_url: client_url.clone(),
                 promote: false,
+                cert_serial: pki::identity_of(&pki::first_cert_der(&identity.cert_pem)?)?
+                    .serial_hex,
             })
             .await?;
         ensure_join_token(&consensus, &store, ca.cert_pem()).await?;
@@ -301,6 +303,11 @@ fn host_of(address: &str) -> Result<String, ServerError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string())
+}
+
+/// A fresh member id.
+pub fn random_member_id() -> u64 {
+    random_id()
 }
 
 fn random_id() -> u64 {
