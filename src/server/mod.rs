@@ -194,11 +194,18 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     );
     println!("bulwark: serving peers on {peer_addr}");
     println!("bulwark: serving clients on {client_url}");
+    let admin = if data.admin_cert().exists() {
+        data.admin()
+    } else {
+        // A joined member has no admin identity of its own: any admin identity of the cluster
+        // works, e.g. the one `init` wrote on the first member.
+        PathBuf::from("ADMIN_DIR")
+    };
     println!(
         "bulwark: connect with: etcdctl --endpoints={client_url} --cacert={} --cert={} --key={}",
-        data.admin_ca_cert().display(),
-        data.admin_cert().display(),
-        data.admin_key().display()
+        admin.join("ca.crt").display(),
+        admin.join("client.crt").display(),
+        admin.join("client.key").display()
     );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -239,12 +246,20 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let (client_result, peer_result, ()) = tokio::join!(clients, peers, signal);
+    tokio::pin!(clients, peers);
+    // A listener that fails ends the member too: it must not linger half-serving.
+    let result = tokio::select! {
+        () = signal => {
+            let (client_result, peer_result) = tokio::join!(&mut clients, &mut peers);
+            client_result.and(peer_result)
+        }
+        result = &mut clients => result,
+        result = &mut peers => result,
+    };
     tracing::info!("stopped serving; stopping consensus");
     promoter.abort();
     consensus.shutdown().await;
-    client_result?;
-    peer_result?;
+    result?;
     println!("bulwark: stopped");
     Ok(())
 }
