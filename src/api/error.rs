@@ -22,10 +22,28 @@ pub enum ApiError {
     RequestTooLarge,
     #[error(transparent)]
     Mvcc(#[from] MvccError),
-    #[error("storage failure: {0}")]
-    Storage(String),
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("leader changed")]
+    LeaderChanged,
     #[error("server stopped")]
     Stopped,
+    #[error("peer communication failed: {0}")]
+    Peer(String),
+    #[error("{0}")]
+    MembershipRefused(String),
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("can only promote a learner member")]
+    NotALearner,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("bad peer URL {0:?}: expected https://HOST:PORT")]
+    BadPeerUrl(String),
     #[error("{0} is not supported by this member yet")]
     Unsupported(&'static str),
 }
@@ -34,8 +52,12 @@ impl From<ProposeError> for ApiError {
     fn from(error: ProposeError) -> Self {
         match error {
             ProposeError::Rejected(error) => ApiError::Mvcc(error),
-            ProposeError::Storage(message) => ApiError::Storage(message),
+            ProposeError::NoLeader => ApiError::NoLeader,
+            ProposeError::Timeout => ApiError::Timeout,
+            ProposeError::LeaderChanged => ApiError::LeaderChanged,
             ProposeError::Stopped => ApiError::Stopped,
+            ProposeError::Peer(message) => ApiError::Peer(message),
+            ProposeError::Membership(message) => ApiError::MembershipRefused(message),
         }
     }
 }
@@ -60,9 +82,18 @@ impl ApiError {
                 MvccError::Corrupt(_) => etcd(Code::DataLoss, "corrupt cluster"),
                 MvccError::Storage(_) => etcd(Code::Internal, &error.to_string()),
             },
-            ApiError::Storage(_) => etcd(Code::Internal, &self.to_string()),
-            ApiError::Stopped => etcd(Code::Unavailable, "server stopped"),
+            ApiError::NoLeader
+            | ApiError::Timeout
+            | ApiError::LeaderChanged
+            | ApiError::Stopped
+            | ApiError::Peer(_) => etcd(Code::Unavailable, &self.to_string()),
             ApiError::Unsupported(_) => (Code::Unimplemented, self.to_string()),
+            ApiError::MemberNotFound => etcd(Code::NotFound, &self.to_string()),
+            ApiError::PeerUrlExists
+            | ApiError::NotALearner
+            | ApiError::LearnerNotReady
+            | ApiError::MembershipRefused(_) => etcd(Code::FailedPrecondition, &self.to_string()),
+            ApiError::BadPeerUrl(_) => etcd(Code::InvalidArgument, &self.to_string()),
         }
     }
 }
@@ -119,6 +150,21 @@ mod tests {
                 ApiError::Mvcc(MvccError::LeaseNotFound),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                ApiError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                ApiError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                ApiError::LeaderChanged,
+                Code::Unavailable,
+                "etcdserver: leader changed",
             ),
             (
                 ApiError::Mvcc(MvccError::Corrupt("x".into())),

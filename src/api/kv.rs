@@ -29,7 +29,13 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::check_range(&req)?;
-        // One member holds every applied write, so a local read is linearizable.
+        if !req.serializable {
+            self.0
+                .consensus
+                .read_barrier()
+                .await
+                .map_err(ApiError::from)?;
+        }
         let mut response = self.0.store.range(&req).map_err(ApiError::from)?;
         self.0.complete(&mut response.header);
         Ok(Response::new(response))

@@ -1,6 +1,6 @@
-//! etcd's `Maintenance` and `Cluster` services: what `etcdctl endpoint status|health` and
-//! `etcdctl member list` need. Calls that belong to later capabilities (defragment, hashes,
-//! snapshots, membership changes) answer `Unimplemented` with a clear message.
+//! etcd's `Maintenance` service: what `etcdctl endpoint status|health|alarm` need. Calls that
+//! belong to later capabilities (defragment, hashes, snapshots, move-leader) answer
+//! `Unimplemented` with a clear message.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,16 +9,14 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
-use super::{ApiContext, ETCD_VERSION, RAFT_TERM};
+use super::{ApiContext, ETCD_VERSION};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
-use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 
 pub struct MaintenanceService(pub(super) Arc<ApiContext>);
-pub struct ClusterService(pub(super) Arc<ApiContext>);
 
-fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
+pub(super) fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
     Err(ApiError::Unsupported(what).into())
 }
 
@@ -44,18 +42,19 @@ impl Maintenance for MaintenanceService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let status = self.0.store.status().map_err(ApiError::from)?;
+        let raft = self.0.consensus.status();
         let db_size = self.0.store.file_size() as i64;
         Ok(Response::new(StatusResponse {
             header: self.0.header(status.current_revision),
             version: ETCD_VERSION.to_string(),
             db_size,
-            leader: self.0.member.member_id,
-            raft_index: status.applied_index,
-            raft_term: RAFT_TERM,
-            raft_applied_index: status.applied_index,
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.last_log_index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
             errors: Vec::new(),
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: raft.is_learner,
         }))
     }
 
@@ -99,58 +98,5 @@ impl Maintenance for MaintenanceService {
         _request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         unsupported("Downgrade")
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _request: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        unsupported("MemberAdd")
-    }
-
-    async fn member_remove(
-        &self,
-        _request: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        unsupported("MemberRemove")
-    }
-
-    async fn member_update(
-        &self,
-        _request: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        unsupported("MemberUpdate")
-    }
-
-    async fn member_list(
-        &self,
-        _request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        let info = &self.0.member;
-        let mut header = self.0.header(0);
-        if let Some(header) = header.as_mut() {
-            // etcd's member list header carries no revision.
-            header.revision = 0;
-        }
-        Ok(Response::new(MemberListResponse {
-            header,
-            members: vec![Member {
-                id: info.member_id,
-                name: info.name.clone(),
-                peer_ur_ls: info.peer_urls.clone(),
-                client_ur_ls: info.client_urls.clone(),
-                is_learner: false,
-            }],
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        _request: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        unsupported("MemberPromote")
     }
 }

@@ -1,47 +1,47 @@
 //! The gRPC services clients call: etcd's `KV`, `Maintenance` and `Cluster`, over the transport
 //! the server module sets up (mutual TLS).
 //!
-//! Reads go straight to the MVCC store; every change is validated here, then proposed to the
-//! write path (`raft`) and answered only once applied. Errors of every layer are mapped to etcd's
+//! Reads wait for consensus to make them linearizable (unless `serializable`), then read the
+//! local MVCC store; every change is validated here, then proposed through consensus (`raft`)
+//! and answered only once committed and applied. Errors of every layer are mapped to etcd's
 //! gRPC codes once, in [`error`].
 //!
-//! Invariant: no service writes to storage except through [`Proposer::propose`].
+//! Invariant: no service writes to storage except through [`Consensus::propose`].
 
+pub mod admin;
+mod cluster;
 pub mod error;
 mod kv;
 mod maintenance;
 pub mod validate;
+
+pub use cluster::deny_setting;
 
 use std::sync::Arc;
 
 use prost::Message;
 
 use crate::mvcc::{CommandResponse, Store};
+use crate::proto::bulwarkpb::admin_server::AdminServer;
 use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::raft::Proposer;
+use crate::raft::Consensus;
 use error::ApiError;
 
 /// The etcd server version reported by `Status`: the etcd API level Bulwark answers as.
 pub const ETCD_VERSION: &str = "3.5.0";
 
-/// One voter, one term, until replication arrives; etcd clients expect a non-zero term.
-pub const RAFT_TERM: u64 = 1;
-
 /// gRPC overhead etcd allows on top of `max_request_bytes` before the transport refuses a message.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Who this member is, as response headers and `MemberList` report it.
+/// Who this member is, as response headers report it.
 #[derive(Debug, Clone)]
 pub struct MemberInfo {
     pub cluster_id: u64,
     pub member_id: u64,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +64,7 @@ impl Default for Limits {
 /// What every service shares.
 pub struct ApiContext {
     pub store: Arc<Store>,
-    pub proposer: Proposer,
+    pub consensus: Arc<Consensus>,
     pub member: MemberInfo,
     pub limits: Limits,
 }
@@ -76,7 +76,7 @@ impl ApiContext {
             cluster_id: self.member.cluster_id,
             member_id: self.member.member_id,
             revision,
-            raft_term: RAFT_TERM,
+            raft_term: self.consensus.status().term,
         })
     }
 
@@ -96,7 +96,7 @@ impl ApiContext {
             return Err(ApiError::RequestTooLarge);
         }
         let kind = command.kind.expect("set above");
-        Ok(self.proposer.propose(kind).await?)
+        Ok(self.consensus.propose(kind).await?)
     }
 }
 
@@ -104,7 +104,8 @@ impl ApiContext {
 pub struct Services {
     pub kv: KvServer<kv::KvService>,
     pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
-    pub cluster: ClusterServer<maintenance::ClusterService>,
+    pub cluster: ClusterServer<cluster::ClusterService>,
+    pub admin: AdminServer<admin::AdminService>,
 }
 
 pub fn services(context: Arc<ApiContext>) -> Services {
@@ -113,7 +114,8 @@ pub fn services(context: Arc<ApiContext>) -> Services {
         kv: KvServer::new(kv::KvService(context.clone())).max_decoding_message_size(max_message),
         maintenance: MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
             .max_decoding_message_size(max_message),
-        cluster: ClusterServer::new(maintenance::ClusterService(context))
+        cluster: ClusterServer::new(cluster::ClusterService(context.clone()))
             .max_decoding_message_size(max_message),
+        admin: AdminServer::new(admin::AdminService(context)),
     }
 }

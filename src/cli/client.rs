@@ -9,6 +9,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::output::{self, Format};
 use crate::mvcc::keys::prefix_end;
+use crate::proto::bulwarkpb::admin_client::AdminClient;
+use crate::proto::bulwarkpb::ShowTokenRequest;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
@@ -204,6 +206,34 @@ pub async fn del(args: DelArgs) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenAction {
+    /// Print the join token for a role (admin identity only).
+    Show {
+        /// The role the token admits: `manager`.
+        role: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn token(args: TokenArgs) -> Result<(), String> {
+    match args.action {
+        TokenAction::Show { role, connect } => {
+            let mut admin = AdminClient::new(channel(&connect).await?);
+            let response = with_timeout(admin.show_token(ShowTokenRequest { role })).await?;
+            println!("{}", response.token);
+            Ok(())
+        }
+    }
+}
+
 async fn with_timeout<T>(
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, String> {
@@ -268,6 +298,10 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 async fn connect(args: &ConnectArgs) -> Result<KvClient<Channel>, String> {
+    Ok(KvClient::new(channel(args).await?))
+}
+
+async fn channel(args: &ConnectArgs) -> Result<Channel, String> {
     let target = target(args)?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&target.ca_cert)?))
@@ -281,7 +315,7 @@ async fn connect(args: &ConnectArgs) -> Result<KvClient<Channel>, String> {
             .connect_timeout(DIAL_TIMEOUT)
             .timeout(COMMAND_TIMEOUT);
         match channel.connect().await {
-            Ok(channel) => return Ok(KvClient::new(channel)),
+            Ok(channel) => return Ok(channel),
             Err(error) => last_error = format!("cannot connect to {endpoint}: {}", chain(&error)),
         }
     }

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::Limits;
+use crate::raft::RaftTimings;
+use crate::server::join::{self, JoinOptions};
 use crate::server::{self, InitOptions, ServeOptions};
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ enum Command {
     /// Create a new cluster in an empty directory (root CA, member and admin certificates), then
     /// serve it in the foreground.
     Init(InitArgs),
+    /// Join an existing cluster with a join token, then serve in the foreground.
+    Join(JoinArgs),
     /// Start an existing member from its data directory.
     Serve(ServeArgs),
     /// Read a key or a range of keys.
@@ -37,6 +41,32 @@ enum Command {
     Put(client::PutArgs),
     /// Delete a key or a range of keys.
     Del(client::DelArgs),
+    /// Join tokens.
+    Token(client::TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// Directory for the new member; must be empty or missing.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The join token (`bulwark token show manager` on a member prints it).
+    #[arg(long, env = "BULWARK_JOIN_TOKEN")]
+    token: String,
+    /// Peer address (HOST:PORT) of any member of the cluster.
+    #[arg(long)]
+    peer: String,
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Address clients connect to (mutual TLS).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen_client: String,
+    /// Address other members connect to.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    listen_peer: String,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +104,15 @@ struct LimitArgs {
     /// Most operations in one txn branch.
     #[arg(long, default_value_t = Limits::default().max_txn_ops)]
     max_txn_ops: usize,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = RaftTimings::default().heartbeat_ms)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds (randomized between it and twice it).
+    #[arg(long, default_value_t = RaftTimings::default().election_min_ms)]
+    election_timeout: u64,
+    /// Applied entries between Raft snapshots (the log is purged behind a snapshot).
+    #[arg(long, default_value_t = RaftTimings::default().snapshot_every)]
+    snapshot_count: u64,
 }
 
 impl LimitArgs {
@@ -83,13 +122,22 @@ impl LimitArgs {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
             },
+            timings: RaftTimings {
+                heartbeat_ms: self.heartbeat_interval,
+                election_min_ms: self.election_timeout,
+                election_max_ms: self.election_timeout * 2,
+                snapshot_every: self.snapshot_count,
+            },
         }
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server_command = matches!(cli.command, Command::Init(_) | Command::Serve(_));
+    let server_command = matches!(
+        cli.command,
+        Command::Init(_) | Command::Join(_) | Command::Serve(_)
+    );
     init_logging(server_command);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -116,12 +164,30 @@ pub fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Command::Join(args) => {
+                let options = JoinOptions {
+                    name: args.name,
+                    listen_client: args.listen_client,
+                    listen_peer: args.listen_peer,
+                };
+                let data = join::join(&args.data_dir, &args.token, &args.peer, &options)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "bulwark: joined; member directory {}",
+                    data.root().display()
+                );
+                server::serve(&args.data_dir, &args.limits.serve_options())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Command::Serve(args) => server::serve(&args.data_dir, &args.limits.serve_options())
                 .await
                 .map_err(|e| e.to_string()),
             Command::Get(args) => client::get(args).await,
             Command::Put(args) => client::put(args).await,
             Command::Del(args) => client::del(args).await,
+            Command::Token(args) => client::token(args).await,
         }
     });
     match result {
@@ -134,7 +200,11 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(server_command: bool) {
-    let default = if server_command { "info" } else { "warn" };
+    let default = if server_command {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -12,7 +12,7 @@ use super::keys::{history_key, history_prefix, revision_of_history_key, KeyRange
 use super::read::{decode_kv, range_request, scan_latest, Record};
 use super::{
     compare, CommandResponse, MvccError, Revision, StoreStatus, BY_REVISION, HISTORY, LATEST, META,
-    META_APPLIED_INDEX, META_COMPACT_REVISION, META_CURRENT_REVISION,
+    META_COMPACT_REVISION, META_CURRENT_REVISION, SETTINGS,
 };
 use crate::proto::bulwarkpb::{command::Kind, Command};
 use crate::proto::etcdserverpb::{
@@ -60,6 +60,7 @@ pub(super) struct ApplyState<'txn> {
     history: Table<'txn, &'static [u8], &'static [u8]>,
     by_revision: Table<'txn, (i64, i64), &'static [u8]>,
     meta: Table<'txn, &'static str, i64>,
+    settings: Table<'txn, &'static str, &'static [u8]>,
     status: StoreStatus,
 }
 
@@ -71,15 +72,10 @@ impl<'txn> ApplyState<'txn> {
             latest: txn.open_table(LATEST)?,
             history: txn.open_table(HISTORY)?,
             by_revision: txn.open_table(BY_REVISION)?,
+            settings: txn.open_table(SETTINGS)?,
             meta,
             status,
         })
-    }
-
-    pub(super) fn set_applied_index(&mut self, index: u64) -> Result<(), MvccError> {
-        self.status.applied_index = index;
-        self.meta.insert(META_APPLIED_INDEX, index as i64)?;
-        Ok(())
     }
 
     pub(super) fn apply(&mut self, command: Command) -> Result<CommandResponse, MvccError> {
@@ -100,6 +96,11 @@ impl<'txn> ApplyState<'txn> {
                 CommandResponse::Txn(response)
             }
             Some(Kind::Compaction(req)) => CommandResponse::Compaction(self.compact(&req)?),
+            Some(Kind::SetSetting(setting)) => {
+                self.settings
+                    .insert(setting.name.as_str(), setting.value.as_slice())?;
+                CommandResponse::SettingStored
+            }
             None => return Err(MvccError::Corrupt("command without a kind".into())),
         };
         if writing.changes > 0 {

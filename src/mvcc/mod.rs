@@ -12,20 +12,28 @@
 //! - `history`: `history_key(key, revision)` -> record (put or tombstone + `KeyValue`): what
 //!   historical reads and compaction scan;
 //! - `by_revision`: `(main, sub)` -> key: the change log in revision order;
-//! - `meta`: current revision, compacted revision, last applied log index.
+//! - `meta`: current revision, compacted revision;
+//! - `settings`: cluster settings outside the etcd keyspace (join tokens), name -> bytes;
+//! - `consensus`: opaque bytes the write path stores with the data (its last applied log
+//!   position), so data and position can never disagree after a crash.
 //!
 //! Invariants:
 //! - `latest` holds exactly the keys whose newest `history` record is a put, with that record's
 //!   `KeyValue`.
 //! - `meta.current_revision` is the highest main revision in `history` (or 1 on a new store), and
-//!   the data and `meta.applied_index` change in the same redb transaction, so a restart resumes
-//!   exactly after the last applied command.
+//!   the data and the `consensus` position change in the same redb transaction, so a restart
+//!   resumes exactly after the last applied command.
 //! - Only [`Store::apply`] writes; it is called in log order by the write path.
 
 mod apply;
 mod compare;
 pub mod keys;
 mod read;
+mod result;
+mod snapshot;
+
+pub use result::{decode_result, encode_result};
+pub use snapshot::SnapshotError;
 
 use std::path::{Path, PathBuf};
 
@@ -51,10 +59,12 @@ const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
 const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
 const BY_REVISION: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("by_revision");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const CONSENSUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consensus");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 const META_CURRENT_REVISION: &str = "current_revision";
 const META_COMPACT_REVISION: &str = "compact_revision";
-const META_APPLIED_INDEX: &str = "applied_index";
+const CONSENSUS_APPLIED: &str = "applied";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MvccError {
@@ -96,13 +106,7 @@ pub enum CommandResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
-}
-
-/// One entry of the replicated log: its index and the encoded [`Command`].
-#[derive(Debug, Clone)]
-pub struct LogEntry {
-    pub index: u64,
-    pub payload: Vec<u8>,
+    SettingStored,
 }
 
 /// Revisions and positions a caller may report (`Status`, response headers).
@@ -110,7 +114,6 @@ pub struct LogEntry {
 pub struct StoreStatus {
     pub current_revision: i64,
     pub compact_revision: i64,
-    pub applied_index: u64,
 }
 
 pub struct Store {
@@ -127,11 +130,12 @@ impl Store {
             txn.open_table(LATEST)?;
             txn.open_table(HISTORY)?;
             txn.open_table(BY_REVISION)?;
+            txn.open_table(CONSENSUS)?;
+            txn.open_table(SETTINGS)?;
             let mut meta = txn.open_table(META)?;
             if meta.get(META_CURRENT_REVISION)?.is_none() {
                 meta.insert(META_CURRENT_REVISION, FIRST_REVISION)?;
                 meta.insert(META_COMPACT_REVISION, 0)?;
-                meta.insert(META_APPLIED_INDEX, 0)?;
             }
         }
         txn.commit()?;
@@ -141,24 +145,24 @@ impl Store {
         })
     }
 
-    /// Applies log entries in order in one durable redb transaction (one fsync for the batch:
-    /// group commit). Returns one result per entry; a command that fails changes nothing, and
-    /// the others still apply. An `Err` means nothing of the batch was written.
+    /// Applies encoded [`Command`]s in order in one durable redb transaction (one fsync for the
+    /// batch: group commit), and records `consensus` (the caller's log position) with them.
+    /// Returns one result per command; a command that fails changes nothing, and the others still
+    /// apply. An `Err` means nothing of the batch was written.
     pub fn apply(
         &self,
-        entries: &[LogEntry],
+        commands: &[&[u8]],
+        consensus: &[u8],
     ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
         let txn = self.db.begin_write()?;
-        let mut results = Vec::with_capacity(entries.len());
+        let mut results = Vec::with_capacity(commands.len());
         {
             let mut state = apply::ApplyState::open(&txn)?;
-            let mut last_index = None;
-            for entry in entries {
-                let result = match Command::decode(entry.payload.as_slice()) {
+            for payload in commands {
+                let result = match Command::decode(*payload) {
                     Ok(command) => state.apply(command),
                     Err(error) => Err(MvccError::Corrupt(format!(
-                        "log entry {} does not decode: {error}",
-                        entry.index
+                        "a log entry does not decode as a command: {error}"
                     ))),
                 };
                 // Storage failures abort the batch; command-level errors are answers.
@@ -166,14 +170,26 @@ impl Store {
                     return Err(result.unwrap_err());
                 }
                 results.push(result);
-                last_index = Some(entry.index);
             }
-            if let Some(index) = last_index {
-                state.set_applied_index(index)?;
-            }
+            txn.open_table(CONSENSUS)?
+                .insert(CONSENSUS_APPLIED, consensus)?;
         }
         txn.commit()?;
         Ok(results)
+    }
+
+    /// A cluster setting stored by a `set_setting` command.
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SETTINGS)?;
+        Ok(table.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The `consensus` bytes of the last [`Store::apply`], if any.
+    pub fn consensus_state(&self) -> Result<Option<Vec<u8>>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONSENSUS)?;
+        Ok(table.get(CONSENSUS_APPLIED)?.map(|v| v.value().to_vec()))
     }
 
     /// A range read at the current revision or at `req.revision`, with etcd's limit, sort and
@@ -213,7 +229,6 @@ fn read_status(
     Ok(StoreStatus {
         current_revision: get(META_CURRENT_REVISION)?,
         compact_revision: get(META_COMPACT_REVISION)?,
-        applied_index: get(META_APPLIED_INDEX)? as u64,
     })
 }
 

@@ -30,11 +30,13 @@ impl Fixture {
 
     fn apply(&mut self, kind: command::Kind) -> Result<CommandResponse, MvccError> {
         self.index += 1;
-        let entry = LogEntry {
-            index: self.index,
-            payload: encode_command(kind),
-        };
-        self.store.apply(&[entry]).unwrap().pop().unwrap()
+        let payload = encode_command(kind);
+        let position = self.index.to_be_bytes();
+        self.store
+            .apply(&[payload.as_slice()], &position)
+            .unwrap()
+            .pop()
+            .unwrap()
     }
 
     fn put(&mut self, key: &str, value: &str) -> PutResponse {
@@ -400,41 +402,84 @@ fn compaction_drops_history_but_keeps_reads_at_and_after_it() {
 }
 
 #[test]
-fn state_and_applied_index_survive_reopen() {
+fn state_and_consensus_position_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mvcc.redb");
     {
         let store = Store::open(&path).unwrap();
-        let entries: Vec<_> = (1..=3)
-            .map(|i| LogEntry {
-                index: i,
-                payload: encode_command(command::Kind::Put(put_req(&format!("k{i}"), "v"))),
-            })
+        assert_eq!(store.consensus_state().unwrap(), None);
+        let payloads: Vec<_> = (1..=3)
+            .map(|i| encode_command(command::Kind::Put(put_req(&format!("k{i}"), "v"))))
             .collect();
-        let results = store.apply(&entries).unwrap();
+        let commands: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let results = store.apply(&commands, b"position-3").unwrap();
         assert!(results.iter().all(|r| r.is_ok()));
     }
     let store = Store::open(&path).unwrap();
-    let status = store.status().unwrap();
-    assert_eq!((status.current_revision, status.applied_index), (4, 3));
+    assert_eq!(store.status().unwrap().current_revision, 4);
+    assert_eq!(store.consensus_state().unwrap().unwrap(), b"position-3");
 }
 
 #[test]
 fn an_undecodable_entry_is_an_error_for_that_entry_only() {
     let f = Fixture::new();
+    let good = encode_command(command::Kind::Put(put_req("k", "v")));
     let results = f
         .store
-        .apply(&[
-            LogEntry {
-                index: 1,
-                payload: vec![0xff, 0xff, 0xff],
-            },
-            LogEntry {
-                index: 2,
-                payload: encode_command(command::Kind::Put(put_req("k", "v"))),
-            },
-        ])
+        .apply(&[&[0xff, 0xff, 0xff], good.as_slice()], b"")
         .unwrap();
     assert!(matches!(results[0], Err(MvccError::Corrupt(_))));
     assert!(results[1].is_ok());
+}
+
+#[test]
+fn a_snapshot_restores_every_revision_and_the_position() {
+    let mut source = Fixture::new();
+    source.put("a", "1");
+    source.put("b", "\0binary\u{ff}");
+    source.delete("a", "");
+    source.put("a", "2");
+    source.compact(3).unwrap();
+    let mut snapshot = Vec::new();
+    source.store.write_snapshot(&mut snapshot).unwrap();
+
+    let mut target = Fixture::new();
+    target.put("stale", "x");
+    target.store.restore_snapshot(snapshot.as_slice()).unwrap();
+    assert_eq!(
+        target.store.status().unwrap(),
+        source.store.status().unwrap()
+    );
+    assert_eq!(
+        target.store.consensus_state().unwrap(),
+        source.store.consensus_state().unwrap()
+    );
+    for revision in [0, 3, 4, 5] {
+        assert_eq!(
+            target.get("\0", "\0", revision).unwrap(),
+            source.get("\0", "\0", revision).unwrap(),
+            "at revision {revision}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_or_truncated_snapshot_changes_nothing() {
+    let mut source = Fixture::new();
+    source.put("a", "1");
+    let mut snapshot = Vec::new();
+    source.store.write_snapshot(&mut snapshot).unwrap();
+
+    let mut target = Fixture::new();
+    target.put("mine", "kept");
+    let mut flipped = snapshot.clone();
+    flipped[12] ^= 1;
+    for bad in [
+        &snapshot[..snapshot.len() - 1],
+        &flipped[..],
+        b"garbage".as_slice(),
+    ] {
+        assert!(target.store.restore_snapshot(bad).is_err());
+    }
+    assert_eq!(keys(&target.get("\0", "\0", 0).unwrap()), ["mine"]);
 }

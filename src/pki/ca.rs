@@ -12,8 +12,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::ServerName;
 use time::OffsetDateTime;
@@ -134,6 +135,26 @@ impl ClusterCa {
         self.sign_with_new_key(&params)
     }
 
+    /// Signs a joining member's certificate for the public key in `csr_pem`. Only the key is
+    /// taken from the request: subject, usages and SANs are the CA's choice, as
+    /// [`ClusterCa::issue_member`] sets them. The joiner's private key never travels.
+    pub fn sign_member_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = self.leaf_params(name, MEMBER_OU, ttl)?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = member_sans(hosts)?;
+        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+    }
+
     /// Parameters shared by every end-entity certificate; the caller adds EKUs and SANs.
     fn leaf_params(
         &self,
@@ -220,10 +241,44 @@ fn member_sans(hosts: &[String]) -> Result<Vec<SanType>, PkiError> {
     Ok(sans)
 }
 
+/// A certificate signing request for a member named `name`, with a fresh P-256 key that the
+/// caller keeps: returns (CSR PEM, private key PEM).
+pub fn member_csr(name: &str) -> Result<(String, String), PkiError> {
+    if name.is_empty() {
+        return Err(PkiError::EmptyName);
+    }
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use x509_parser::extensions::GeneralName;
+
+    #[test]
+    fn a_signed_csr_keeps_the_joiners_key_and_the_cas_subject() {
+        let ca = ClusterCa::generate(7).unwrap();
+        let (csr, key) = member_csr("m2").unwrap();
+        let cert = ca
+            .sign_member_csr(&csr, "m2", &["10.1.2.3".to_string()], DAY)
+            .unwrap();
+        let identity = crate::pki::identity_of(&first_cert_der(&cert).unwrap()).unwrap();
+        assert_eq!(identity.common_name, "m2");
+        assert_eq!(identity.role, crate::pki::Role::Member);
+        // The certificate works with the key that never left the joiner.
+        let pair = CertifiedKey {
+            cert_pem: cert,
+            key_pem: key,
+        };
+        crate::pki::server_tls_config(ca.cert_pem(), &pair).unwrap();
+        assert!(ca.sign_member_csr("not a csr", "m2", &[], DAY).is_err());
+    }
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 

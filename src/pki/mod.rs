@@ -26,6 +26,7 @@ mod files;
 mod identity;
 mod pem;
 mod tls;
+mod token;
 
 #[cfg(test)]
 mod tests;
@@ -33,11 +34,15 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-pub use ca::ClusterCa;
+pub use ca::{member_csr, ClusterCa};
 pub use files::write_private_file;
 pub use identity::{identity_of, PeerIdentity, Role};
 pub use pem::first_cert_der;
-pub use tls::{client_tls_config, server_tls_config};
+pub use tls::{
+    anonymous_client_tls_config, client_tls_config, peer_server_tls_config, server_tls_config,
+    unverified_client_tls_config,
+};
+pub use token::{ca_digest, JoinToken};
 
 /// Subject OU of a member certificate (both ends of peer traffic, server of the client port).
 pub const MEMBER_OU: &str = "bulwark-member";
@@ -90,4 +95,6 @@ pub enum PkiError {
     Tls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("not a join token: expected BWTKN-1-<CA digest>-<secret>")]
+    BadToken,
 }

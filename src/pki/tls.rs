@@ -40,6 +40,107 @@ pub fn server_tls_config(
     Ok(Arc::new(config))
 }
 
+/// The peer port's server side: like [`server_tls_config`], but a client may also connect
+/// without a certificate. Such a caller can only fetch the CA certificate or join with a token;
+/// every Raft call checks for a member certificate itself. A certificate that *is* presented must
+/// still chain to the cluster CA.
+pub fn peer_server_tls_config(
+    ca_cert_pem: &str,
+    identity: &CertifiedKey,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(ca_cert_pem)?, provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs_from_pem(&identity.cert_pem)?,
+            key_from_pem(&identity.key_pem)?,
+        )?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// For a joining node that has no certificate yet: trusts only `ca_cert_pem`, presents nothing.
+pub fn anonymous_client_tls_config(ca_cert_pem: &str) -> Result<Arc<ClientConfig>, PkiError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_root_certificates(roots(ca_cert_pem)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// For the one call a joining node makes before it trusts anything: fetching the CA certificate.
+/// The server's certificate is NOT verified here (handshake signatures still are); the caller must
+/// pin what it receives against the join token's digest before using it for anything.
+pub fn unverified_client_tls_config() -> Arc<ClientConfig> {
+    let provider = provider();
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .expect("TLS 1.3 and 1.2 are supported by ring")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AcceptAnyServer {
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// The client side: trusts only `ca_cert_pem` (no system roots), checks the server's name
 /// against its SANs, and presents `identity`.
 pub fn client_tls_config(

@@ -1,117 +1,478 @@
-//! The write path: every change to the store is proposed as a [`Command`](crate::proto::bulwarkpb::Command),
-//! becomes an entry of the log, and is applied in log order by the state machine
-//! ([`Store::apply`]).
+//! Consensus: every change to the store is proposed as a [`Command`](crate::proto::bulwarkpb::Command),
+//! replicated through openraft to a quorum's durable logs, and applied in log order by the state
+//! machine ([`Store::apply`](crate::mvcc::Store::apply)). A single member is a one-voter group on
+//! the same path.
 //!
-//! Today a cluster has one voter, so an entry is committed as soon as it is durable on it: the
-//! [`Proposer`] batches whatever proposals are waiting, applies them in one fsynced redb
-//! transaction (group commit: one fsync for the whole batch) and only then answers each of them.
-//! Replication through openraft replaces what happens behind [`Proposer::propose`]; the API layer
-//! and the state machine keep their shape.
+//! Layout: [`log_store`] (log and vote on redb), [`state_machine`] (the MVCC store plus its
+//! position, snapshots), [`network`] (outgoing peer gRPC over mTLS), [`peer_service`] (incoming).
+//! [`Consensus`] is the handle the API uses: propose a write, or wait until a read is
+//! linearizable.
 //!
 //! Invariants:
-//! - a proposal is answered only after the transaction holding it has committed durably;
-//! - entries are applied in the order their indices give, each exactly once;
-//! - the applied index is stored with the data, so a restart continues the numbering.
+//! - a write is answered only after its entry is fsynced on a quorum and applied locally;
+//! - a write sent to a follower is forwarded to the leader, never applied out of log order;
+//! - a linearizable read waits until this member has applied everything the leader had committed
+//!   when the read arrived (openraft's read index, confirmed by a quorum heartbeat).
 
+// openraft's `StorageError` and `RPCError` are large by design; every storage and network
+// function here returns them.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod peer_service;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{Config, Raft, ServerState};
+use serde::{Deserialize, Serialize};
 
-use crate::mvcc::{encode_command, CommandResponse, LogEntry, MvccError, Store};
+use crate::mvcc::{decode_result, encode_command, CommandResponse, MvccError, Store};
 use crate::proto::bulwarkpb::command;
+use network::{PeerNetwork, PeerTls};
 
-/// Most proposals applied in one transaction; bounds the latency one batch can add.
-const MAX_BATCH: usize = 1024;
-/// Proposals waiting beyond this make `propose` wait: back-pressure instead of unbounded memory.
-const QUEUE_DEPTH: usize = 16 * 1024;
+pub type NodeId = u64;
+
+/// What membership records about a member: how to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    pub name: String,
+    /// HOST:PORT of the peer listener.
+    pub peer_addr: String,
+    /// https://HOST:PORT of the client listener.
+    pub client_url: String,
+    /// Joined with a token: the leader promotes it to voter once it has caught up. Learners
+    /// added on purpose (`member add --learner`) stay learners.
+    #[serde(default)]
+    pub promote: bool,
+    /// Serial (hex) of the member certificate it joined with: denied when it is removed.
+    #[serde(default)]
+    pub cert_serial: String,
+}
+
+impl std::fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+/// A log entry's application data: an encoded `bulwarkpb.Command`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request(pub Vec<u8>);
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command({} bytes)", self.0.len())
+    }
+}
+
+/// What applying an entry produced: an encoded `bulwarkpb.CommandResult` (empty for entries
+/// that carry no command).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply(pub Vec<u8>);
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Request,
+        R = Reply,
+        NodeId = NodeId,
+        Node = MemberNode,
+);
+
+/// How long a client request may wait for consensus before answering `request timed out`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// A learner this close to the leader's log is caught up enough to vote.
+const PROMOTE_LAG: u64 = 16;
+/// How long to wait for a leader to appear before answering `no leader`.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     /// The command was applied and rejected (e.g. a compacted revision).
     #[error(transparent)]
     Rejected(MvccError),
-    /// The batch holding the command could not be written; nothing of it was applied.
-    #[error("storage failure: {0}")]
-    Storage(String),
-    #[error("the write path has stopped")]
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("the member has stopped")]
     Stopped,
+    #[error("peer: {0}")]
+    Peer(String),
+    /// A membership change openraft refused (e.g. another one in progress).
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }
 
-struct Proposal {
-    payload: Vec<u8>,
-    reply: oneshot::Sender<Result<CommandResponse, ProposeError>>,
+/// Timings for openraft; defaults suit a LAN, tests may shorten them.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_every: u64,
 }
 
-/// Hands commands to the write path. Cheap to clone; the write path stops when every clone is
-/// dropped, after answering what was already queued.
-#[derive(Clone)]
-pub struct Proposer {
-    queue: mpsc::Sender<Proposal>,
-}
-
-impl Proposer {
-    /// Starts the write path over `store` on its own thread (redb commits block).
-    pub fn start(store: Arc<Store>) -> Result<(Proposer, JoinHandle<()>), MvccError> {
-        let next_index = store.status()?.applied_index + 1;
-        let (queue, proposals) = mpsc::channel(QUEUE_DEPTH);
-        let thread = std::thread::Builder::new()
-            .name("bulwark-apply".into())
-            .spawn(move || run(store, proposals, next_index))
-            .expect("spawning the apply thread");
-        Ok((Proposer { queue }, thread))
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 150,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            snapshot_every: 10_000,
+        }
     }
+}
 
-    /// Proposes a command and waits until it is durably applied, returning what it produced.
-    pub async fn propose(&self, command: command::Kind) -> Result<CommandResponse, ProposeError> {
-        let (reply, answer) = oneshot::channel();
-        let proposal = Proposal {
-            payload: encode_command(command),
-            reply,
-        };
-        self.queue
-            .send(proposal)
+/// The running consensus of this member.
+pub struct Consensus {
+    pub raft: Raft<TypeConfig>,
+    pub id: NodeId,
+    pub store: Arc<Store>,
+    tls: PeerTls,
+}
+
+impl Consensus {
+    pub async fn start(
+        id: NodeId,
+        store: Arc<Store>,
+        log: log_store::LogStore,
+        snapshot_path: std::path::PathBuf,
+        tls: PeerTls,
+        timings: &RaftTimings,
+    ) -> Result<Self, ProposeError> {
+        let config = Config {
+            cluster_name: "bulwark".into(),
+            heartbeat_interval: timings.heartbeat_ms,
+            election_timeout_min: timings.election_min_ms,
+            election_timeout_max: timings.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timings.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000.min(timings.snapshot_every),
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ProposeError::Peer(e.to_string()))?;
+        let state_machine = state_machine::StateMachine::new(store.clone(), snapshot_path);
+        let network = PeerNetwork { tls: tls.clone() };
+        let raft = Raft::new(id, Arc::new(config), network, log, state_machine)
             .await
-            .map_err(|_| ProposeError::Stopped)?;
-        answer.await.map_err(|_| ProposeError::Stopped)?
+            .map_err(|e| ProposeError::Peer(e.to_string()))?;
+        Ok(Consensus {
+            raft,
+            id,
+            store,
+            tls,
+        })
+    }
+
+    /// Makes this member the single voter of a new cluster, unless it already has state.
+    pub async fn bootstrap(&self, node: MemberNode) -> Result<(), ProposeError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|_| ProposeError::Stopped)?
+        {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.id, node)]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(_)) => Ok(()), // initialized meanwhile: nothing to do
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Peer(e.to_string())),
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied, wherever the leader is.
+    pub async fn propose(&self, kind: command::Kind) -> Result<CommandResponse, ProposeError> {
+        let result = self.propose_encoded(encode_command(kind), true).await?;
+        decode_result(&result).map_err(ProposeError::Rejected)
+    }
+
+    /// Proposes an encoded command; returns the encoded result. A follower forwards it to the
+    /// leader when `may_forward` (a forwarded proposal is never forwarded again).
+    pub async fn propose_encoded(
+        &self,
+        command: Vec<u8>,
+        may_forward: bool,
+    ) -> Result<Vec<u8>, ProposeError> {
+        let attempt = async {
+            let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+            loop {
+                match self.raft.client_write(Request(command.clone())).await {
+                    Ok(response) => return Ok(response.data.0),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                        match self.leader_node(&forward) {
+                            Some(leader) if may_forward => {
+                                return network::forward_proposal(
+                                    &self.tls,
+                                    &leader,
+                                    command.clone(),
+                                    REQUEST_TIMEOUT,
+                                )
+                                .await
+                                .map_err(status_to_error);
+                            }
+                            Some(_) => return Err(ProposeError::LeaderChanged),
+                            None if tokio::time::Instant::now() < deadline => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            None => return Err(ProposeError::NoLeader),
+                        }
+                    }
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                        return Err(ProposeError::Peer(e.to_string()))
+                    }
+                    Err(RaftError::Fatal(_)) => return Err(ProposeError::Stopped),
+                }
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout))
+    }
+
+    fn leader_node(&self, forward: &ForwardToLeader<NodeId, MemberNode>) -> Option<MemberNode> {
+        if let Some(node) = &forward.leader_node {
+            return Some(node.clone());
+        }
+        let leader = forward.leader_id?;
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+    }
+
+    /// On the leader: the log index a linearizable read must see applied (confirmed by a quorum).
+    pub async fn leader_read_index(&self) -> Result<u64, ProposeError> {
+        let check = async {
+            match self.raft.ensure_linearizable().await {
+                Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Err(ProposeError::LeaderChanged)
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    Err(ProposeError::NoLeader)
+                }
+                Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, check)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout))
+    }
+
+    /// Waits until a read on this member is linearizable: everything committed before the call
+    /// is applied here.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let index = loop {
+            match self.leader_read_index().await {
+                Ok(index) => break index,
+                Err(ProposeError::LeaderChanged) => {}
+                Err(other) => return Err(other),
+            }
+            let leader = self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .filter(|leader| *leader != self.id);
+            let forward = ForwardToLeader {
+                leader_id: leader,
+                leader_node: None,
+            };
+            match self.leader_node(&forward) {
+                Some(node) => {
+                    break network::fetch_read_index(&self.tls, &node, REQUEST_TIMEOUT)
+                        .await
+                        .map_err(status_to_error)?
+                }
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                None => return Err(ProposeError::NoLeader),
+            }
+        };
+        self.raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ProposeError::Timeout)
+    }
+
+    /// A summary for `Status` and response headers.
+    pub fn status(&self) -> RaftStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        RaftStatus {
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            is_learner: metrics.state == ServerState::Learner,
+            members: membership
+                .nodes()
+                .map(|(id, node)| {
+                    let learner = !membership.voter_ids().any(|voter| voter == *id);
+                    (*id, node.clone(), learner)
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds a learner (on the leader); it starts receiving the log at once.
+    pub async fn add_learner(&self, id: NodeId, node: MemberNode) -> Result<(), ProposeError> {
+        match self.raft.add_learner(id, node, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::LeaderChanged)
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Peer(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
+        }
+    }
+
+    /// Changes membership through the leader (forwarded when this member is not it, unless
+    /// `forwarded` says it already was).
+    pub async fn change_membership(
+        &self,
+        changes: openraft::ChangeMembers<NodeId, MemberNode>,
+        may_forward: bool,
+    ) -> Result<(), ProposeError> {
+        let attempt = async {
+            match self.raft.change_membership(changes.clone(), false).await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    match self.leader_node(&forward) {
+                        Some(leader) if may_forward => {
+                            let encoded = bincode::serialize(&changes)
+                                .map_err(|e| ProposeError::Peer(e.to_string()))?;
+                            network::forward_membership_change(
+                                &self.tls,
+                                &leader,
+                                encoded,
+                                REQUEST_TIMEOUT,
+                            )
+                            .await
+                            .map_err(status_to_error)
+                        }
+                        Some(_) => Err(ProposeError::LeaderChanged),
+                        None => Err(ProposeError::NoLeader),
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(ProposeError::Membership(e.to_string()))
+                }
+                Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout))
+    }
+
+    /// The peer address of the current leader, if known.
+    pub fn leader_peer_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.peer_addr.clone())
+    }
+
+    /// On the leader: whether member `id`'s log is within [`PROMOTE_LAG`] of the leader's.
+    pub fn caught_up(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        matched_index(&metrics, id) + PROMOTE_LAG >= metrics.last_log_index.unwrap_or(0)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// While this member leads, promotes every learner that joined to become a voter once its
+    /// log is within [`PROMOTE_LAG`] entries of the leader's. Runs until the member stops.
+    pub async fn promote_caught_up_learners(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            ticker.tick().await;
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.current_leader != Some(self.id) {
+                continue;
+            }
+            let membership = metrics.membership_config.membership();
+            let last_index = metrics.last_log_index.unwrap_or(0);
+            let ready: std::collections::BTreeSet<NodeId> = membership
+                .learner_ids()
+                .filter(|id| membership.get_node(id).is_some_and(|node| node.promote))
+                .filter(|id| matched_index(&metrics, *id) + PROMOTE_LAG >= last_index)
+                .collect();
+            if ready.is_empty() {
+                continue;
+            }
+            tracing::info!(?ready, "promoting caught-up learners to voters");
+            if let Err(error) = self
+                .raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(ready), false)
+                .await
+            {
+                tracing::warn!(%error, "promoting learners failed; will retry");
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
     }
 }
 
-fn run(store: Arc<Store>, mut proposals: mpsc::Receiver<Proposal>, mut next_index: u64) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = proposals.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match proposals.try_recv() {
-                Ok(proposal) => batch.push(proposal),
-                Err(_) => break,
-            }
-        }
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut entries = Vec::with_capacity(batch.len());
-        for proposal in batch.drain(..) {
-            entries.push(LogEntry {
-                index: next_index,
-                payload: proposal.payload,
-            });
-            replies.push(proposal.reply);
-            next_index += 1;
-        }
-        match store.apply(&entries) {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that went away no longer needs its answer; the write stands.
-                    let _ = reply.send(result.map_err(ProposeError::Rejected));
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "applying a batch failed; nothing of it was written");
-                next_index -= entries.len() as u64;
-                let message = error.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(ProposeError::Storage(message.clone())));
-                }
-            }
-        }
+#[derive(Debug, Clone)]
+pub struct RaftStatus {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub is_learner: bool,
+    /// (id, node, is_learner) for every member.
+    pub members: Vec<(NodeId, MemberNode, bool)>,
+}
+
+/// How far the leader knows member `id`'s log to match its own (0 when unknown).
+fn matched_index(metrics: &openraft::RaftMetrics<NodeId, MemberNode>, id: NodeId) -> u64 {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|progress| progress.get(&id).cloned().flatten())
+        .map_or(0, |log_id| log_id.index)
+}
+
+/// Maps a peer's gRPC answer back to the error the leader reported.
+fn status_to_error(status: tonic::Status) -> ProposeError {
+    let message = status.message();
+    if message.ends_with("no leader") {
+        ProposeError::NoLeader
+    } else if message.ends_with("request timed out") {
+        ProposeError::Timeout
+    } else if message.ends_with("leader changed") {
+        ProposeError::LeaderChanged
+    } else if status.code() == tonic::Code::FailedPrecondition {
+        ProposeError::Membership(message.to_string())
+    } else {
+        ProposeError::Peer(format!("{}: {message}", status.code()))
     }
 }

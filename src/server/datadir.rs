@@ -5,7 +5,9 @@
 //! ```text
 //! DIR/member.toml        name, ids, addresses (written last: its presence means "a member")
 //! DIR/pki/               ca.crt, ca.key (0600), member.crt, member.key (0600)
-//! DIR/state/mvcc.redb    the MVCC store
+//! DIR/raft/log.redb      the Raft log and vote
+//! DIR/state/mvcc.redb    the MVCC store (the state machine)
+//! DIR/state/snapshot.bin the newest Raft snapshot
 //! DIR/admin/             ca.crt, client.crt, client.key (0600): the admin identity
 //! ```
 
@@ -55,6 +57,15 @@ impl DataDir {
     }
     pub fn mvcc_db(&self) -> PathBuf {
         self.state().join("mvcc.redb")
+    }
+    pub fn snapshot(&self) -> PathBuf {
+        self.state().join("snapshot.bin")
+    }
+    pub fn raft(&self) -> PathBuf {
+        self.root.join("raft")
+    }
+    pub fn raft_log(&self) -> PathBuf {
+        self.raft().join("log.redb")
     }
     pub fn admin(&self) -> PathBuf {
         self.root.join("admin")
@@ -132,6 +143,10 @@ pub struct MemberConfig {
     pub member_id: String,
     pub listen_client: String,
     pub listen_peer: String,
+    /// Set by `init`: this member starts a new cluster as its only voter (once; a restart finds
+    /// the cluster already initialized).
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 impl MemberConfig {
@@ -172,6 +187,7 @@ mod tests {
             member_id: format_id(7),
             listen_client: "127.0.0.1:2379".into(),
             listen_peer: "127.0.0.1:2380".into(),
+            bootstrap: true,
         };
         data.write_config(&config).unwrap();
         assert!(data.holds_member());

@@ -5,6 +5,7 @@
 //! last, after every key and certificate is durable.
 
 pub mod datadir;
+pub mod join;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -16,16 +17,18 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiContext, Limits, MemberInfo};
 use crate::mvcc::{MvccError, Store};
 use crate::pki::{self, CertifiedKey, ClusterCa, PkiError};
-use crate::raft::Proposer;
+use crate::proto::bulwarkpb::join_server::JoinServer;
+use crate::proto::bulwarkpb::peer_server::PeerServer;
+use crate::raft::network::PeerTls;
+use crate::raft::peer_service::PeerService;
+use crate::raft::{log_store::LogStore, Consensus, MemberNode, ProposeError, RaftTimings};
 use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 
 /// Lifetime of a member certificate (renewal comes with the certificate-lifecycle work).
 const MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Lifetime of the admin identity `init` writes.
 const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The admin identity's name: etcd's client-cert-auth maps the CN to a user, and `root` is
-/// etcd's all-powerful user.
-pub const ADMIN_NAME: &str = "root";
+pub use crate::api::admin::ADMIN_NAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -49,6 +52,10 @@ pub enum ServerError {
     CertificateExpired(PathBuf),
     #[error("store: {0}")]
     Store(#[from] MvccError),
+    #[error("raft log: {0}")]
+    Log(#[from] redb::Error),
+    #[error("consensus: {0}")]
+    Consensus(#[from] ProposeError),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -67,6 +74,7 @@ pub struct InitOptions {
 
 pub struct ServeOptions {
     pub limits: Limits,
+    pub timings: RaftTimings,
 }
 
 /// Creates a new one-member cluster in `dir`: a root CA, this member's certificate and the admin
@@ -92,6 +100,7 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
     create_private_dir(&data.pki())?;
     create_private_dir(&data.admin())?;
     create_private_dir(&data.state())?;
+    create_private_dir(&data.raft())?;
     write_public(&data.ca_cert(), ca.cert_pem())?;
     write_private(&data.ca_key(), ca.key_pem())?;
     write_public(&data.member_cert(), &member.cert_pem)?;
@@ -108,6 +117,7 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
         member_id: format_id(member_id),
         listen_client: options.listen_client.clone(),
         listen_peer: options.listen_peer.clone(),
+        bootstrap: true,
     })?;
     Ok(data)
 }
@@ -127,27 +137,53 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         return Err(ServerError::CertificateExpired(data.member_cert()));
     }
     let tls = pki::server_tls_config(&ca_cert, &identity)?;
+    let peer_tls_server = pki::peer_server_tls_config(&ca_cert, &identity)?;
+    let ca = Arc::new(ClusterCa::from_pem(&ca_cert, &read(&data.ca_key())?)?);
 
+    create_private_dir(&data.raft())?;
     let store = Arc::new(Store::open(&data.mvcc_db())?);
-    let (proposer, apply_thread) = Proposer::start(store.clone())?;
-    let listener = TcpListener::bind(&config.listen_client)
-        .await
-        .map_err(|e| ServerError::Listen(config.listen_client.clone(), e))?;
+    let log = LogStore::open(&data.raft_log())?;
+    let peer_tls = PeerTls::new(&ca_cert, &identity)?;
+    let member_id = config.member_id()?;
+    let consensus = Arc::new(
+        Consensus::start(
+            member_id,
+            store.clone(),
+            log,
+            data.snapshot(),
+            peer_tls,
+            &options.timings,
+        )
+        .await?,
+    );
+
+    let client_listener = bind(&config.listen_client).await?;
+    let peer_listener = bind(&config.listen_peer).await?;
     let client_url = format!(
         "https://{}",
-        listener
-            .local_addr()
-            .map_err(|e| ServerError::Listen(config.listen_client.clone(), e))?
+        local_addr(&client_listener, &config.listen_client)?
     );
+    let peer_addr = local_addr(&peer_listener, &config.listen_peer)?.to_string();
+    if config.bootstrap {
+        consensus
+            .bootstrap(MemberNode {
+                name: config.name.clone(),
+                peer_addr: peer_addr.clone(),
+                client_url: client_url.clone(),
+                promote: false,
+                cert_serial: pki::identity_of(&pki::first_cert_der(&identity.cert_pem)?)?
+                    .serial_hex,
+            })
+            .await?;
+        ensure_join_token(&consensus, &store, ca.cert_pem()).await?;
+    }
+    let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
     let context = Arc::new(ApiContext {
-        store,
-        proposer,
+        store: store.clone(),
+        consensus: consensus.clone(),
         member: MemberInfo {
             cluster_id: config.cluster_id()?,
-            member_id: config.member_id()?,
-            name: config.name.clone(),
-            peer_urls: vec![format!("https://{}", config.listen_peer)],
-            client_urls: vec![client_url.clone()],
+            member_id,
         },
         limits: options.limits,
     });
@@ -156,20 +192,110 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         "bulwark: member {} ({}) of cluster {}",
         config.name, config.member_id, config.cluster_id
     );
+    println!("bulwark: serving peers on {peer_addr}");
     println!("bulwark: serving clients on {client_url}");
+    let admin = if data.admin_cert().exists() {
+        data.admin()
+    } else {
+        // A joined member has no admin identity of its own: any admin identity of the cluster
+        // works, e.g. the one `init` wrote on the first member.
+        PathBuf::from("ADMIN_DIR")
+    };
     println!(
         "bulwark: connect with: etcdctl --endpoints={client_url} --cacert={} --cert={} --key={}",
-        data.admin_ca_cert().display(),
-        data.admin_cert().display(),
-        data.admin_key().display()
+        admin.join("ca.crt").display(),
+        admin.join("client.crt").display(),
+        admin.join("client.key").display()
     );
 
-    transport::serve_tls(listener, tls, api::services(context), shutdown_signal()).await?;
-    tracing::info!("stopped serving; closing the store");
-    // The services (and their proposers) are gone, so the write path drains and stops.
-    let _ = tokio::task::spawn_blocking(move || apply_thread.join()).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let services = api::services(context);
+    let client_router = tonic::transport::Server::builder()
+        .add_service(services.kv)
+        .add_service(services.maintenance)
+        .add_service(services.cluster)
+        .add_service(services.admin);
+    let peer_router = tonic::transport::Server::builder()
+        .add_service(
+            PeerServer::new(PeerService {
+                consensus: consensus.clone(),
+            })
+            .max_decoding_message_size(usize::MAX),
+        )
+        .add_service(JoinServer::new(join::JoinService {
+            consensus: consensus.clone(),
+            store,
+            ca,
+        }));
+    let clients = transport::serve_tls(
+        client_listener,
+        tls,
+        client_router,
+        wait_stop(stopped.clone()),
+    );
+    let peers = transport::serve_tls(
+        peer_listener,
+        peer_tls_server,
+        peer_router,
+        wait_stop(stopped),
+    );
+    let signal = async {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    tokio::pin!(clients, peers);
+    // A listener that fails ends the member too: it must not linger half-serving.
+    let result = tokio::select! {
+        () = signal => {
+            let (client_result, peer_result) = tokio::join!(&mut clients, &mut peers);
+            client_result.and(peer_result)
+        }
+        result = &mut clients => result,
+        result = &mut peers => result,
+    };
+    tracing::info!("stopped serving; stopping consensus");
+    promoter.abort();
+    consensus.shutdown().await;
+    result?;
     println!("bulwark: stopped");
     Ok(())
+}
+
+/// A new cluster's first start: creates the manager join token once, through consensus, so every
+/// member can check it.
+async fn ensure_join_token(
+    consensus: &Consensus,
+    store: &Store,
+    ca_cert_pem: &str,
+) -> Result<(), ServerError> {
+    if store.setting(join::MANAGER_TOKEN_SETTING)?.is_some() {
+        return Ok(());
+    }
+    let token = pki::JoinToken::generate(ca_cert_pem)?;
+    consensus
+        .propose(crate::proto::bulwarkpb::command::Kind::SetSetting(
+            crate::proto::bulwarkpb::Setting {
+                name: join::MANAGER_TOKEN_SETTING.to_string(),
+                value: token.to_string().into_bytes(),
+            },
+        ))
+        .await?;
+    Ok(())
+}
+
+async fn bind(address: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| ServerError::Listen(address.to_string(), e))
+}
+
+fn local_addr(listener: &TcpListener, address: &str) -> Result<std::net::SocketAddr, ServerError> {
+    listener
+        .local_addr()
+        .map_err(|e| ServerError::Listen(address.to_string(), e))
 }
 
 async fn shutdown_signal() {
@@ -192,6 +318,11 @@ fn host_of(address: &str) -> Result<String, ServerError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string())
+}
+
+/// A fresh member id.
+pub fn random_member_id() -> u64 {
+    random_id()
 }
 
 fn random_id() -> u64 {

@@ -1,5 +1,5 @@
-//! The client listener: TCP, then a TLS handshake that requires a client certificate from the
-//! cluster CA, then gRPC. A connection that fails the handshake never reaches a service.
+//! The listeners (client and peer): TCP, then a TLS handshake that requires a certificate from
+//! the cluster CA, then gRPC. A connection that fails the handshake never reaches a service.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,20 +10,18 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Server;
-
-use crate::api::Services;
+use tonic::transport::server::Router;
 
 /// A client that has not finished its handshake by then is dropped, so slow or silent
 /// connections cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `services` on `listener` over mutual TLS until `shutdown` completes, then finishes the
+/// Serves `router` on `listener` over mutual TLS until `shutdown` completes, then finishes the
 /// requests in flight.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    services: Services,
+    router: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (connections, incoming) = mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
@@ -34,7 +32,7 @@ pub async fn serve_tls(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Typically out of file descriptors: back off instead of spinning.
-                    tracing::warn!(%error, "accepting a client connection failed");
+                    tracing::warn!(%error, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -48,17 +46,14 @@ pub async fn serve_tls(
                         let _ = connections.send(Ok(stream)).await;
                     }
                     Ok(Err(error)) => {
-                        tracing::info!(%peer, %error, "refused a client at the TLS handshake")
+                        tracing::info!(%peer, %error, "refused a connection at the TLS handshake")
                     }
-                    Err(_) => tracing::info!(%peer, "client TLS handshake timed out"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
-    let result = Server::builder()
-        .add_service(services.kv)
-        .add_service(services.maintenance)
-        .add_service(services.cluster)
+    let result = router
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
         .await;
     accepting.abort();

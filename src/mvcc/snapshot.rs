@@ -1,0 +1,253 @@
+//! Whole-store snapshots: a consistent redb read of every table written as one stream, and its
+//! restore, which replaces the whole store in one transaction.
+//!
+//! Format (all integers big-endian):
+//! ```text
+//! "BWSNAP01"                                   magic and version
+//! { table: u8, key_len: u32, key, value_len: u32, value }*   one record per table row
+//! 0xFF                                         end of records
+//! sha256 of everything before it (32 bytes)    so a truncated or corrupt file is refused
+//! ```
+//! Invariant: a restore either installs every row of a snapshot whose checksum matches, or
+//! changes nothing.
+
+use std::io::{Read, Write};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sha2::{Digest, Sha256};
+
+use super::{MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, META, SETTINGS};
+
+const MAGIC: &[u8; 8] = b"BWSNAP01";
+const END: u8 = 0xff;
+const TABLE_LATEST: u8 = 0;
+const TABLE_HISTORY: u8 = 1;
+const TABLE_BY_REVISION: u8 = 2;
+const TABLE_META: u8 = 3;
+const TABLE_CONSENSUS: u8 = 4;
+const TABLE_SETTINGS: u8 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a Bulwark snapshot (bad magic)")]
+    BadMagic,
+    #[error("snapshot is corrupt or truncated: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] MvccError),
+}
+
+/// Writes into a digest as well as the output, so the checksum covers exactly what was written.
+struct Hashing<W> {
+    out: W,
+    digest: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(buf)?;
+        self.digest.update(&buf[..written]);
+        Ok(written)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn write_record(out: &mut impl Write, table: u8, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[table])?;
+    out.write_all(&(key.len() as u32).to_be_bytes())?;
+    out.write_all(key)?;
+    out.write_all(&(value.len() as u32).to_be_bytes())?;
+    out.write_all(value)
+}
+
+impl Store {
+    /// Writes a snapshot of the whole store as of one instant to `out`, and returns the
+    /// `consensus` position that instant had.
+    pub fn write_snapshot(&self, out: impl Write) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let mut position = None;
+        let txn = self.db.begin_read().map_err(MvccError::from)?;
+        let mut out = Hashing {
+            out,
+            digest: Sha256::new(),
+        };
+        out.write_all(MAGIC)?;
+        let mut dump_bytes = |table: u8, definition: TableDefinition<&[u8], &[u8]>| {
+            let handle = txn.open_table(definition).map_err(MvccError::from)?;
+            for row in handle.iter().map_err(MvccError::from)? {
+                let (key, value) = row.map_err(MvccError::from)?;
+                write_record(&mut out, table, key.value(), value.value())?;
+            }
+            Ok::<_, SnapshotError>(())
+        };
+        dump_bytes(TABLE_LATEST, LATEST)?;
+        dump_bytes(TABLE_HISTORY, HISTORY)?;
+        for row in txn
+            .open_table(BY_REVISION)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (revision, key) = row.map_err(MvccError::from)?;
+            let (main, sub) = revision.value();
+            let mut encoded = main.to_be_bytes().to_vec();
+            encoded.extend_from_slice(&sub.to_be_bytes());
+            write_record(&mut out, TABLE_BY_REVISION, &encoded, key.value())?;
+        }
+        for row in txn
+            .open_table(META)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (name, value) = row.map_err(MvccError::from)?;
+            write_record(
+                &mut out,
+                TABLE_META,
+                name.value().as_bytes(),
+                &value.value().to_be_bytes(),
+            )?;
+        }
+        for row in txn
+            .open_table(CONSENSUS)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (name, value) = row.map_err(MvccError::from)?;
+            if name.value() == super::CONSENSUS_APPLIED {
+                position = Some(value.value().to_vec());
+            }
+            write_record(
+                &mut out,
+                TABLE_CONSENSUS,
+                name.value().as_bytes(),
+                value.value(),
+            )?;
+        }
+        for row in txn
+            .open_table(SETTINGS)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (name, value) = row.map_err(MvccError::from)?;
+            write_record(
+                &mut out,
+                TABLE_SETTINGS,
+                name.value().as_bytes(),
+                value.value(),
+            )?;
+        }
+        out.write_all(&[END])?;
+        let digest = out.digest.finalize();
+        out.out.write_all(&digest)?;
+        out.out.flush()?;
+        Ok(position)
+    }
+
+    /// Replaces the whole store with the snapshot read from `input`, after checking it whole.
+    pub fn restore_snapshot(&self, mut input: impl Read) -> Result<(), SnapshotError> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        let records = parse(&bytes)?;
+
+        let txn = self.db.begin_write().map_err(MvccError::from)?;
+        {
+            txn.delete_table(LATEST).map_err(MvccError::from)?;
+            txn.delete_table(HISTORY).map_err(MvccError::from)?;
+            txn.delete_table(BY_REVISION).map_err(MvccError::from)?;
+            txn.delete_table(META).map_err(MvccError::from)?;
+            txn.delete_table(CONSENSUS).map_err(MvccError::from)?;
+            txn.delete_table(SETTINGS).map_err(MvccError::from)?;
+            let mut latest = txn.open_table(LATEST).map_err(MvccError::from)?;
+            let mut history = txn.open_table(HISTORY).map_err(MvccError::from)?;
+            let mut by_revision = txn.open_table(BY_REVISION).map_err(MvccError::from)?;
+            let mut meta = txn.open_table(META).map_err(MvccError::from)?;
+            let mut consensus = txn.open_table(CONSENSUS).map_err(MvccError::from)?;
+            let mut settings = txn.open_table(SETTINGS).map_err(MvccError::from)?;
+            for (table, key, value) in records {
+                let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
+                match table {
+                    TABLE_LATEST => {
+                        latest.insert(key, value).map_err(MvccError::from)?;
+                    }
+                    TABLE_HISTORY => {
+                        history.insert(key, value).map_err(MvccError::from)?;
+                    }
+                    TABLE_BY_REVISION => {
+                        let revision: [u8; 16] =
+                            key.try_into().map_err(|_| corrupt("revision key length"))?;
+                        let main = i64::from_be_bytes(revision[..8].try_into().unwrap());
+                        let sub = i64::from_be_bytes(revision[8..].try_into().unwrap());
+                        by_revision
+                            .insert((main, sub), value)
+                            .map_err(MvccError::from)?;
+                    }
+                    TABLE_META => {
+                        let name = std::str::from_utf8(key).map_err(|_| corrupt("meta name"))?;
+                        let number: [u8; 8] =
+                            value.try_into().map_err(|_| corrupt("meta value length"))?;
+                        meta.insert(name, i64::from_be_bytes(number))
+                            .map_err(MvccError::from)?;
+                    }
+                    TABLE_CONSENSUS => {
+                        let name =
+                            std::str::from_utf8(key).map_err(|_| corrupt("consensus name"))?;
+                        consensus.insert(name, value).map_err(MvccError::from)?;
+                    }
+                    TABLE_SETTINGS => {
+                        let name = std::str::from_utf8(key).map_err(|_| corrupt("setting name"))?;
+                        settings.insert(name, value).map_err(MvccError::from)?;
+                    }
+                    other => return Err(corrupt(&format!("unknown table {other}"))),
+                }
+            }
+        }
+        txn.commit().map_err(MvccError::from)?;
+        Ok(())
+    }
+}
+
+/// One row of a snapshot: table tag, key, value.
+type Record<'a> = (u8, &'a [u8], &'a [u8]);
+
+/// Checks magic and checksum, then splits the records out.
+fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, SnapshotError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let body_len = bytes
+        .len()
+        .checked_sub(32)
+        .ok_or_else(|| SnapshotError::Corrupt("shorter than its checksum".into()))?;
+    let (body, checksum) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != checksum {
+        return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+    }
+    let mut records = Vec::new();
+    let mut rest = &body[MAGIC.len()..];
+    let truncated = || SnapshotError::Corrupt("record runs past the end".into());
+    loop {
+        let (&table, after) = rest.split_first().ok_or_else(truncated)?;
+        if table == END {
+            if !after.is_empty() {
+                return Err(SnapshotError::Corrupt("data after the end marker".into()));
+            }
+            return Ok(records);
+        }
+        let (key, after) = take_field(after).ok_or_else(truncated)?;
+        let (value, after) = take_field(after).ok_or_else(truncated)?;
+        records.push((table, key, value));
+        rest = after;
+    }
+}
+
+fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let field = bytes.get(4..4 + length)?;
+    Some((field, &bytes[4 + length..]))
+}

@@ -1,0 +1,238 @@
+//! Outgoing peer traffic: openraft's RPCs, forwarded writes and read-index requests, as gRPC
+//! over mutual TLS with this member's certificate. The server side is [`super::peer_service`].
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::{MemberNode, NodeId, TypeConfig};
+use crate::pki::{self, CertifiedKey, PkiError};
+use crate::proto::bulwarkpb::peer_client::PeerClient;
+use crate::proto::bulwarkpb::{ProposeRequest, RaftPayload, ReadIndexRequest};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A gRPC channel to `address` (HOST:PORT) over TLS with exactly the rustls configuration given
+/// (Bulwark's own verifiers, not tonic's defaults). Connects on first use, reconnects as needed.
+pub fn tls_channel(address: &str, tls: Arc<rustls::ClientConfig>) -> Channel {
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let address = address.to_string();
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .expect("HOST:PORT makes a valid URI")
+        .connect_timeout(CONNECT_TIMEOUT);
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let connector = connector.clone();
+        let address = address.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&address).await?;
+            tcp.set_nodelay(true)?;
+            let host = address
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(std::io::Error::other)?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    }))
+}
+
+/// How this member reaches its peers: the cluster CA and its own member certificate.
+#[derive(Clone)]
+pub struct PeerTls {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl PeerTls {
+    pub fn new(ca_cert_pem: &str, identity: &CertifiedKey) -> Result<Self, PkiError> {
+        Ok(PeerTls {
+            tls: pki::client_tls_config(ca_cert_pem, identity)?,
+        })
+    }
+
+    /// A client for the member at `peer_addr` (HOST:PORT); connects on first use.
+    pub fn client(&self, peer_addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        Ok(PeerClient::new(tls_channel(peer_addr, self.tls.clone()))
+            .max_decoding_message_size(usize::MAX))
+    }
+}
+
+/// openraft's network factory: one [`PeerConnection`] per target member.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    pub tls: PeerTls,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.tls.client(&node.peer_addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    client: Result<PeerClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+/// One of the peer client's raft calls, as a plain function.
+type RaftMethod = for<'a> fn(
+    &'a mut PeerClient<Channel>,
+    tonic::Request<RaftPayload>,
+) -> futures::future::BoxFuture<
+    'a,
+    Result<tonic::Response<RaftPayload>, tonic::Status>,
+>;
+
+impl PeerConnection {
+    /// Sends one openraft RPC: bincode request out, bincode `Result<Response, RaftError<E>>` back.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: RaftMethod,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(error) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                    error.clone(),
+                ))))
+            }
+        };
+        let payload =
+            bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut grpc_request = tonic::Request::new(RaftPayload { bincode: payload });
+        grpc_request.set_timeout(option.hard_ttl());
+        let response = method(client, grpc_request).await.map_err(|status| {
+            let error = TransportError(format!("{}: {}", status.code(), status.message()));
+            match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    RPCError::Unreachable(Unreachable::new(&error))
+                }
+                _ => RPCError::Network(NetworkError::new(&error)),
+            }
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            bincode::deserialize(&response.into_inner().bincode)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
+    {
+        self.call(
+            |client, request| Box::pin(client.append_entries(request)),
+            &rpc,
+            &option,
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(
+            |client, request| Box::pin(client.install_snapshot(request)),
+            &rpc,
+            &option,
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
+        self.call(
+            |client, request| Box::pin(client.vote(request)),
+            &rpc,
+            &option,
+        )
+        .await
+    }
+}
+
+/// Forwards an encoded command to the leader; returns the encoded result.
+pub async fn forward_proposal(
+    tls: &PeerTls,
+    leader: &MemberNode,
+    command: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = tls
+        .client(&leader.peer_addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(ProposeRequest { command });
+    request.set_timeout(timeout);
+    Ok(client.propose(request).await?.into_inner().result)
+}
+
+/// Asks the leader for the index a linearizable read must wait for.
+pub async fn fetch_read_index(
+    tls: &PeerTls,
+    leader: &MemberNode,
+    timeout: Duration,
+) -> Result<u64, tonic::Status> {
+    let mut client = tls
+        .client(&leader.peer_addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(ReadIndexRequest {});
+    request.set_timeout(timeout);
+    Ok(client.read_index(request).await?.into_inner().index)
+}
+
+/// Hands a membership change to the leader.
+pub async fn forward_membership_change(
+    tls: &PeerTls,
+    leader: &MemberNode,
+    changes: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), tonic::Status> {
+    let mut client = tls
+        .client(&leader.peer_addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(RaftPayload { bincode: changes });
+    request.set_timeout(timeout);
+    client.change_membership(request).await?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The peer port's gRPC service: openraft's RPCs from other members, writes forwarded by
+//! followers, and read-index requests. Only member certificates are accepted (checked on every
+//! call, on top of the TLS handshake's CA check).
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+
+use super::{Consensus, NodeId, TypeConfig};
+use crate::pki::{self, Role};
+use crate::proto::bulwarkpb::peer_server::Peer;
+use crate::proto::bulwarkpb::{
+    ChangeMembershipResponse, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest,
+    ReadIndexResponse,
+};
+
+pub struct PeerService {
+    pub consensus: Arc<Consensus>,
+}
+
+impl PeerService {
+    /// Refuses callers whose verified certificate is not a member certificate, or belongs to a
+    /// removed member (the replicated deny list).
+    fn require_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let identity = member_identity(request)?;
+        let denied = self
+            .consensus
+            .store
+            .setting(&crate::api::deny_setting(&identity.serial_hex))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if denied.is_some() {
+            return Err(Status::permission_denied(
+                "this member was removed from the cluster",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The identity of a caller presenting a member certificate.
+fn member_identity<T>(request: &Request<T>) -> Result<pki::PeerIdentity, Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a member certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a member certificate is required"))?;
+    let identity = pki::identity_of(leaf.as_ref())
+        .map_err(|e| Status::unauthenticated(format!("unreadable certificate: {e}")))?;
+    if identity.role != Role::Member {
+        return Err(Status::permission_denied(
+            "only member certificates may use the peer port",
+        ));
+    }
+    Ok(identity)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
+    bincode::deserialize(&payload.bincode)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let bincode = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { bincode }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.require_member(&request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        encode(&self.consensus.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.require_member(&request)?;
+        let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        encode(&self.consensus.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.require_member(&request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
+        encode(&self.consensus.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        self.require_member(&request)?;
+        let command = request.into_inner().command;
+        let result = self
+            .consensus
+            .propose_encoded(command, false)
+            .await
+            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        Ok(Response::new(ProposeResponse { result }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<ChangeMembershipResponse>, Status> {
+        self.require_member(&request)?;
+        let changes = decode(request.get_ref())?;
+        self.consensus
+            .change_membership(changes, false)
+            .await
+            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        Ok(Response::new(ChangeMembershipResponse {}))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        self.require_member(&request)?;
+        let index = self
+            .consensus
+            .leader_read_index()
+            .await
+            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+}

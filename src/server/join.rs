@@ -1,0 +1,257 @@
+//! Joining a cluster with a token, swarm-style.
+//!
+//! Joiner ([`join`]): fetch the CA certificate from any member without trusting it; pin it against
+//! the token's digest (a mismatch aborts); generate a key and send a CSR with the token's secret;
+//! write the signed certificate into a new data directory. The private key never leaves the
+//! joiner. The new member then starts serving and the leader replicates the log to it.
+//!
+//! Cluster ([`JoinService`], on the peer port): a member that is not the leader redirects to it;
+//! the leader checks the secret against the replicated token, signs the CSR, and adds the node as
+//! a learner marked for promotion (`Consensus::promote_caught_up_learners`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use tonic::{Request, Response, Status};
+
+use super::datadir::{create_private_dir, format_id, DataDir, MemberConfig};
+use super::{host_of, random_id, write_private, write_public, ServerError, MEMBER_CERT_TTL};
+use crate::mvcc::Store;
+use crate::pki::{self, ClusterCa, JoinToken};
+use crate::proto::bulwarkpb::join_client::JoinClient;
+use crate::proto::bulwarkpb::join_server::Join;
+use crate::proto::bulwarkpb::{FetchCaRequest, FetchCaResponse, JoinRequest, JoinResponse};
+use crate::raft::network::tls_channel;
+use crate::raft::{Consensus, MemberNode};
+
+/// Where the manager join token is kept in the replicated cluster settings.
+pub const MANAGER_TOKEN_SETTING: &str = "join-token/manager";
+/// How many times a joiner follows "ask the leader" redirects.
+const MAX_REDIRECTS: usize = 3;
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct JoinService {
+    pub consensus: Arc<Consensus>,
+    pub store: Arc<Store>,
+    pub ca: Arc<ClusterCa>,
+}
+
+#[tonic::async_trait]
+impl Join for JoinService {
+    async fn fetch_ca(
+        &self,
+        _request: Request<FetchCaRequest>,
+    ) -> Result<Response<FetchCaResponse>, Status> {
+        Ok(Response::new(FetchCaResponse {
+            ca_cert_pem: self.ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let request = request.into_inner();
+        if !self.consensus.is_leader() {
+            let leader = self
+                .consensus
+                .leader_peer_addr()
+                .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
+            return Ok(Response::new(JoinResponse {
+                leader_peer_addr: leader,
+                ..Default::default()
+            }));
+        }
+        let stored = self
+            .store
+            .setting(MANAGER_TOKEN_SETTING)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| JoinToken::parse(&text).ok())
+            .ok_or_else(|| Status::unavailable("the cluster has no join token yet"))?;
+        if !stored.secret_matches(&request.token_secret) {
+            tracing::warn!(name = %request.name, "refused a join with a wrong or rotated token");
+            return Err(Status::permission_denied(
+                "invalid join token: it is wrong or was rotated",
+            ));
+        }
+        if request.name.is_empty() {
+            return Err(Status::invalid_argument("a member name is required"));
+        }
+        let bad_address = |e: ServerError| Status::invalid_argument(e.to_string());
+        let hosts = vec![
+            host_of(&request.peer_addr).map_err(bad_address)?,
+            host_of(&request.client_addr).map_err(bad_address)?,
+        ];
+        let member_cert_pem = self
+            .ca
+            .sign_member_csr(&request.csr_pem, &request.name, &hosts, MEMBER_CERT_TTL)
+            .map_err(|e| Status::invalid_argument(format!("certificate request refused: {e}")))?;
+        let cert_serial = pki::identity_of(
+            &pki::first_cert_der(&member_cert_pem).map_err(|e| Status::internal(e.to_string()))?,
+        )
+        .map_err(|e| Status::internal(e.to_string()))?
+        .serial_hex;
+        let mut node = MemberNode {
+            name: request.name.clone(),
+            peer_addr: request.peer_addr.clone(),
+            client_url: format!("https://{}", request.client_addr),
+            promote: true,
+            cert_serial,
+        };
+        // A member pre-registered with `member add` at this peer address is adopted, keeping
+        // its id and its learner-or-voter intent.
+        let status = self.consensus.status();
+        let registered = status
+            .members
+            .iter()
+            .find(|(_, existing, _)| existing.peer_addr == request.peer_addr);
+        let member_id = match registered {
+            Some((id, existing, _)) if existing.name.is_empty() => {
+                node.promote = existing.promote;
+                self.consensus
+                    .change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(*id, node)])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+                *id
+            }
+            Some(_) => {
+                return Err(Status::failed_precondition(
+                    "etcdserver: Peer URLs already exists",
+                ))
+            }
+            None => {
+                let id = random_id();
+                self.consensus
+                    .add_learner(id, node)
+                    .await
+                    .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+                id
+            }
+        };
+        tracing::info!(name = %request.name, member = %format_id(member_id), "admitted a member as learner");
+        Ok(Response::new(JoinResponse {
+            leader_peer_addr: String::new(),
+            member_id,
+            cluster_id: self.ca.cluster_id(),
+            member_cert_pem,
+            ca_cert_pem: self.ca.cert_pem().to_string(),
+            ca_key_pem: self.ca.key_pem().to_string(),
+        }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Token(#[from] pki::PkiError),
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, String),
+    #[error("the CA certificate served by {0} does not match the token's digest: refusing to join (wrong cluster, or someone in the middle)")]
+    CaMismatch(String),
+    #[error("join refused by {0}: {1}")]
+    Refused(String, String),
+    #[error("too many redirects while looking for the leader")]
+    Redirects,
+    #[error(transparent)]
+    Local(#[from] ServerError),
+}
+
+pub struct JoinOptions {
+    pub name: String,
+    pub listen_client: String,
+    pub listen_peer: String,
+}
+
+/// Joins the cluster `peer` belongs to and writes a new member's data directory in `dir`.
+pub async fn join(
+    dir: &Path,
+    token: &str,
+    peer: &str,
+    options: &JoinOptions,
+) -> Result<DataDir, JoinError> {
+    let data = DataDir::new(dir);
+    if data.holds_member() {
+        return Err(ServerError::AlreadyMember(data.root().to_path_buf()).into());
+    }
+    if !data.is_empty_or_missing()? {
+        return Err(ServerError::NotEmpty(data.root().to_path_buf()).into());
+    }
+    let token = JoinToken::parse(token)?;
+    host_of(&options.listen_client)?;
+    host_of(&options.listen_peer)?;
+
+    // 1. The CA, fetched without trusting it, then pinned.
+    let unreachable = |e: Status| JoinError::Unreachable(peer.to_string(), e.message().to_string());
+    let mut anonymous = JoinClient::new(tls_channel(peer, pki::unverified_client_tls_config()));
+    let ca_cert_pem = tokio::time::timeout(JOIN_TIMEOUT, anonymous.fetch_ca(FetchCaRequest {}))
+        .await
+        .map_err(|_| JoinError::Unreachable(peer.to_string(), "timed out".into()))?
+        .map_err(unreachable)?
+        .into_inner()
+        .ca_cert_pem;
+    if !token.pins(&ca_cert_pem) {
+        return Err(JoinError::CaMismatch(peer.to_string()));
+    }
+
+    // 2. A key that stays here, and a CSR for it.
+    let (csr_pem, key_pem) = pki::member_csr(&options.name)?;
+    let verified = pki::anonymous_client_tls_config(&ca_cert_pem)?;
+    let mut target = peer.to_string();
+    let mut admitted = None;
+    for _ in 0..=MAX_REDIRECTS {
+        let mut client = JoinClient::new(tls_channel(&target, verified.clone()));
+        let request = JoinRequest {
+            token_secret: token.secret.clone(),
+            csr_pem: csr_pem.clone(),
+            name: options.name.clone(),
+            peer_addr: options.listen_peer.clone(),
+            client_addr: options.listen_client.clone(),
+        };
+        let response = tokio::time::timeout(JOIN_TIMEOUT, client.join(request))
+            .await
+            .map_err(|_| JoinError::Unreachable(target.clone(), "timed out".into()))?
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable => {
+                    JoinError::Unreachable(target.clone(), status.message().to_string())
+                }
+                _ => JoinError::Refused(target.clone(), status.message().to_string()),
+            })?
+            .into_inner();
+        if response.leader_peer_addr.is_empty() {
+            admitted = Some(response);
+            break;
+        }
+        target = response.leader_peer_addr;
+    }
+    let admitted = admitted.ok_or(JoinError::Redirects)?;
+    // The pinned CA is the one that signed us: refuse anything else.
+    if !token.pins(&admitted.ca_cert_pem) {
+        return Err(JoinError::CaMismatch(target));
+    }
+
+    // 3. The new member's directory; member.toml last.
+    create_private_dir(data.root())?;
+    create_private_dir(&data.pki())?;
+    create_private_dir(&data.state())?;
+    create_private_dir(&data.raft())?;
+    write_public(&data.ca_cert(), &admitted.ca_cert_pem)?;
+    write_private(&data.ca_key(), &admitted.ca_key_pem)?;
+    write_public(&data.member_cert(), &admitted.member_cert_pem)?;
+    write_private(&data.member_key(), &key_pem)?;
+    for dir in [data.pki(), data.root().to_path_buf()] {
+        super::datadir::sync_dir(&dir)?;
+    }
+    data.write_config(&MemberConfig {
+        name: options.name.clone(),
+        cluster_id: format_id(admitted.cluster_id),
+        member_id: format_id(admitted.member_id),
+        listen_client: options.listen_client.clone(),
+        listen_peer: options.listen_peer.clone(),
+        bootstrap: false,
+    })?;
+    Ok(data)
+}
