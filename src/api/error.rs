@@ -177,3 +177,56 @@ mod tests {
         }
     }
 }
+
+/// Wraps a gRPC service so that tonic's own "message too large" refusal carries etcd's code.
+///
+/// tonic refuses a request over `max_decoding_message_size` with `OutOfRange` before any
+/// handler runs; etcd (grpc-go) answers `ResourceExhausted`, and clients match on the code. The
+/// refusal is a headers-only response, so rewriting its `grpc-status` header is enough.
+#[derive(Debug, Clone)]
+pub struct EtcdCodes<S>(pub S);
+
+/// tonic's message for an oversized request, as it appears percent-encoded in `grpc-message`.
+const TONIC_TOO_LARGE: &str = "Error,%20decoded%20message%20length%20too%20large";
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for EtcdCodes<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for EtcdCodes<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            let headers = response.headers_mut();
+            let too_large = headers.get("grpc-status").is_some_and(|code| code == "11")
+                && headers
+                    .get("grpc-message")
+                    .and_then(|message| message.to_str().ok())
+                    .is_some_and(|message| message.starts_with(TONIC_TOO_LARGE));
+            if too_large {
+                let code = (Code::ResourceExhausted as i32).to_string();
+                headers.insert(
+                    "grpc-status",
+                    http::HeaderValue::from_str(&code).expect("digits are a valid header"),
+                );
+            }
+            Ok(response)
+        })
+    }
+}

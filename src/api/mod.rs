@@ -29,7 +29,7 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::Consensus;
-use error::ApiError;
+use error::{ApiError, EtcdCodes};
 
 /// The etcd server version reported by `Status`: the etcd API level Bulwark answers as.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -102,20 +102,26 @@ impl ApiContext {
 
 /// The client-facing services, ready to be added to a tonic server.
 pub struct Services {
-    pub kv: KvServer<kv::KvService>,
-    pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
-    pub cluster: ClusterServer<cluster::ClusterService>,
+    pub kv: EtcdCodes<KvServer<kv::KvService>>,
+    pub maintenance: EtcdCodes<MaintenanceServer<maintenance::MaintenanceService>>,
+    pub cluster: EtcdCodes<ClusterServer<cluster::ClusterService>>,
     pub admin: AdminServer<admin::AdminService>,
 }
 
 pub fn services(context: Arc<ApiContext>) -> Services {
     let max_message = context.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     Services {
-        kv: KvServer::new(kv::KvService(context.clone())).max_decoding_message_size(max_message),
-        maintenance: MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
-            .max_decoding_message_size(max_message),
-        cluster: ClusterServer::new(cluster::ClusterService(context.clone()))
-            .max_decoding_message_size(max_message),
+        kv: EtcdCodes(
+            KvServer::new(kv::KvService(context.clone())).max_decoding_message_size(max_message),
+        ),
+        maintenance: EtcdCodes(
+            MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
+                .max_decoding_message_size(max_message),
+        ),
+        cluster: EtcdCodes(
+            ClusterServer::new(cluster::ClusterService(context.clone()))
+                .max_decoding_message_size(max_message),
+        ),
         admin: AdminServer::new(admin::AdminService(context)),
     }
 }

@@ -129,6 +129,23 @@ fn parse_lease(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("{text:?} is not a hexadecimal lease id"))
 }
 
+/// etcdctl's key and range end for KEY [RANGE_END] with `--prefix` / `--from-key`; an empty
+/// key with either means every key (`\0` to `\0`), as etcdctl sends it.
+fn key_range(
+    key: &str,
+    explicit: Option<&String>,
+    prefix: bool,
+    from_key: bool,
+) -> (Vec<u8>, Vec<u8>) {
+    if key.is_empty() && (prefix || from_key) {
+        return (vec![0], vec![0]);
+    }
+    (
+        key.as_bytes().to_vec(),
+        range_end(key, explicit, prefix, from_key),
+    )
+}
+
 fn range_end(key: &str, explicit: Option<&String>, prefix: bool, from_key: bool) -> Vec<u8> {
     if prefix {
         prefix_end(key.as_bytes())
@@ -142,14 +159,15 @@ fn range_end(key: &str, explicit: Option<&String>, prefix: bool, from_key: bool)
 }
 
 pub async fn get(args: GetArgs) -> Result<(), String> {
+    let (key, range_end) = key_range(
+        &args.key,
+        args.range_end.as_ref(),
+        args.prefix,
+        args.from_key,
+    );
     let request = RangeRequest {
-        key: args.key.as_bytes().to_vec(),
-        range_end: range_end(
-            &args.key,
-            args.range_end.as_ref(),
-            args.prefix,
-            args.from_key,
-        ),
+        key,
+        range_end,
         limit: args.limit,
         revision: args.rev,
         sort_order: match args.order {
@@ -190,14 +208,15 @@ pub async fn put(args: PutArgs) -> Result<(), String> {
 }
 
 pub async fn del(args: DelArgs) -> Result<(), String> {
+    let (key, range_end) = key_range(
+        &args.key,
+        args.range_end.as_ref(),
+        args.prefix,
+        args.from_key,
+    );
     let request = DeleteRangeRequest {
-        key: args.key.as_bytes().to_vec(),
-        range_end: range_end(
-            &args.key,
-            args.range_end.as_ref(),
-            args.prefix,
-            args.from_key,
-        ),
+        key,
+        range_end,
         prev_kv: args.prev_kv,
     };
     let mut kv = connect(&args.connect).await?;

@@ -26,6 +26,8 @@ use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 
 /// Lifetime of a member certificate (renewal comes with the certificate-lifecycle work).
 const MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long a stopping member lets requests in flight finish before closing connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Lifetime of the admin identity `init` writes.
 const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub use crate::api::admin::ADMIN_NAME;
@@ -250,8 +252,16 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     // A listener that fails ends the member too: it must not linger half-serving.
     let result = tokio::select! {
         () = signal => {
-            let (client_result, peer_result) = tokio::join!(&mut clients, &mut peers);
-            client_result.and(peer_result)
+            // Requests in flight may finish; a connection that stays open without them (an idle
+            // or silent client) must not keep the member from stopping.
+            let graceful = async { tokio::join!(&mut clients, &mut peers) };
+            match tokio::time::timeout(SHUTDOWN_GRACE, graceful).await {
+                Ok((client_result, peer_result)) => client_result.and(peer_result),
+                Err(_) => {
+                    tracing::warn!("closing connections still open after {SHUTDOWN_GRACE:?}");
+                    Ok(())
+                }
+            }
         }
         result = &mut clients => result,
         result = &mut peers => result,

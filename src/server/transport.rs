@@ -53,9 +53,17 @@ pub async fn serve_tls(
             });
         }
     });
-    let result = router
+    // Stop accepting when serving ends, or when the caller gives up on a graceful end.
+    let _accepting = AbortOnDrop(accepting);
+    router
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
-        .await;
-    accepting.abort();
-    result
+        .await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
