@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::Limits;
 use crate::raft::RaftTimings;
 use crate::server::join::{self, JoinOptions};
-use crate::server::{self, InitOptions, ServeOptions};
+use crate::server::{self, Addresses, InitOptions, ServeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,12 +59,8 @@ struct JoinArgs {
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
     name: String,
-    /// Address clients connect to (mutual TLS).
-    #[arg(long, default_value = "127.0.0.1:2379")]
-    listen_client: String,
-    /// Address other members connect to.
-    #[arg(long, default_value = "127.0.0.1:2380")]
-    listen_peer: String,
+    #[command(flatten)]
+    addresses: AddressArgs,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -77,14 +73,37 @@ struct InitArgs {
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
     name: String,
+    #[command(flatten)]
+    addresses: AddressArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+struct AddressArgs {
     /// Address clients connect to (mutual TLS).
     #[arg(long, default_value = "127.0.0.1:2379")]
     listen_client: String,
-    /// Address other members connect to.
+    /// Address other members connect to (mutual TLS).
     #[arg(long, default_value = "127.0.0.1:2380")]
     listen_peer: String,
-    #[command(flatten)]
-    limits: LimitArgs,
+    /// Client address to tell others, when it differs from --listen-client (NAT, proxies).
+    #[arg(long)]
+    advertise_client: Option<String>,
+    /// Peer address other members dial, when it differs from --listen-peer (NAT, proxies).
+    #[arg(long)]
+    advertise_peer: Option<String>,
+}
+
+impl From<AddressArgs> for Addresses {
+    fn from(args: AddressArgs) -> Self {
+        Addresses {
+            listen_client: args.listen_client,
+            listen_peer: args.listen_peer,
+            advertise_client: args.advertise_client,
+            advertise_peer: args.advertise_peer,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -151,8 +170,7 @@ pub fn main() -> ExitCode {
             Command::Init(args) => {
                 let options = InitOptions {
                     name: args.name,
-                    listen_client: args.listen_client,
-                    listen_peer: args.listen_peer,
+                    addresses: args.addresses.into(),
                 };
                 let data = server::init(&args.data_dir, &options).map_err(|e| e.to_string())?;
                 println!(
@@ -167,8 +185,7 @@ pub fn main() -> ExitCode {
             Command::Join(args) => {
                 let options = JoinOptions {
                     name: args.name,
-                    listen_client: args.listen_client,
-                    listen_peer: args.listen_peer,
+                    addresses: args.addresses.into(),
                 };
                 let data = join::join(&args.data_dir, &args.token, &args.peer, &options)
                     .await

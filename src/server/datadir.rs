@@ -143,6 +143,12 @@ pub struct MemberConfig {
     pub member_id: String,
     pub listen_client: String,
     pub listen_peer: String,
+    /// HOST:PORT clients are told to use, when not the listen address (NAT, proxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_client: Option<String>,
+    /// HOST:PORT other members dial, when not the listen address (NAT, proxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_peer: Option<String>,
     /// Set by `init`: this member starts a new cluster as its only voter (once; a restart finds
     /// the cluster already initialized).
     #[serde(default)]
@@ -150,6 +156,16 @@ pub struct MemberConfig {
 }
 
 impl MemberConfig {
+    /// The listen and advertise addresses, as `init` and `join` were given them.
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            listen_client: self.listen_client.clone(),
+            listen_peer: self.listen_peer.clone(),
+            advertise_client: self.advertise_client.clone(),
+            advertise_peer: self.advertise_peer.clone(),
+        }
+    }
+
     pub fn cluster_id(&self) -> Result<u64, ServerError> {
         parse_id("cluster_id", &self.cluster_id)
     }
@@ -187,6 +203,8 @@ mod tests {
             member_id: format_id(7),
             listen_client: "127.0.0.1:2379".into(),
             listen_peer: "127.0.0.1:2380".into(),
+            advertise_client: None,
+            advertise_peer: Some("10.0.0.1:2380".into()),
             bootstrap: true,
         };
         data.write_config(&config).unwrap();
@@ -194,5 +212,44 @@ mod tests {
         let read = data.read_config().unwrap();
         assert_eq!(read, config);
         assert_eq!(read.cluster_id().unwrap(), u64::MAX - 1);
+    }
+}
+
+/// Where a member listens and what it tells others to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    pub listen_client: String,
+    pub listen_peer: String,
+    pub advertise_client: Option<String>,
+    pub advertise_peer: Option<String>,
+}
+
+impl Addresses {
+    /// The client address others should use (advertised, else the listen address).
+    pub fn client(&self) -> &str {
+        self.advertise_client
+            .as_deref()
+            .unwrap_or(&self.listen_client)
+    }
+
+    /// The peer address other members dial (advertised, else the listen address).
+    pub fn peer(&self) -> &str {
+        self.advertise_peer.as_deref().unwrap_or(&self.listen_peer)
+    }
+
+    /// Every host a member certificate must name.
+    pub fn hosts(&self) -> Result<Vec<String>, ServerError> {
+        let mut hosts = Vec::new();
+        for address in [&self.listen_client, &self.listen_peer]
+            .into_iter()
+            .chain(self.advertise_client.iter())
+            .chain(self.advertise_peer.iter())
+        {
+            let host = super::host_of(address)?;
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        Ok(hosts)
     }
 }

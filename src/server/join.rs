@@ -162,8 +162,7 @@ pub enum JoinError {
 
 pub struct JoinOptions {
     pub name: String,
-    pub listen_client: String,
-    pub listen_peer: String,
+    pub addresses: super::Addresses,
 }
 
 /// Joins the cluster `peer` belongs to and writes a new member's data directory in `dir`.
@@ -181,8 +180,7 @@ pub async fn join(
         return Err(ServerError::NotEmpty(data.root().to_path_buf()).into());
     }
     let token = JoinToken::parse(token)?;
-    host_of(&options.listen_client)?;
-    host_of(&options.listen_peer)?;
+    options.addresses.hosts()?;
 
     // 1. The CA, fetched without trusting it, then pinned.
     let unreachable = |e: Status| JoinError::Unreachable(peer.to_string(), e.message().to_string());
@@ -208,8 +206,8 @@ pub async fn join(
             token_secret: token.secret.clone(),
             csr_pem: csr_pem.clone(),
             name: options.name.clone(),
-            peer_addr: options.listen_peer.clone(),
-            client_addr: options.listen_client.clone(),
+            peer_addr: options.addresses.peer().to_string(),
+            client_addr: options.addresses.client().to_string(),
         };
         let response = tokio::time::timeout(JOIN_TIMEOUT, client.join(request))
             .await
@@ -249,8 +247,10 @@ pub async fn join(
         name: options.name.clone(),
         cluster_id: format_id(admitted.cluster_id),
         member_id: format_id(admitted.member_id),
-        listen_client: options.listen_client.clone(),
-        listen_peer: options.listen_peer.clone(),
+        listen_client: options.addresses.listen_client.clone(),
+        listen_peer: options.addresses.listen_peer.clone(),
+        advertise_client: options.addresses.advertise_client.clone(),
+        advertise_peer: options.addresses.advertise_peer.clone(),
         bootstrap: false,
     })?;
     Ok(data)

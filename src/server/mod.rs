@@ -22,6 +22,7 @@ use crate::proto::bulwarkpb::peer_server::PeerServer;
 use crate::raft::network::PeerTls;
 use crate::raft::peer_service::PeerService;
 use crate::raft::{log_store::LogStore, Consensus, MemberNode, ProposeError, RaftTimings};
+pub use datadir::Addresses;
 use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 
 /// Lifetime of a member certificate (renewal comes with the certificate-lifecycle work).
@@ -70,8 +71,7 @@ impl ServerError {
 
 pub struct InitOptions {
     pub name: String,
-    pub listen_client: String,
-    pub listen_peer: String,
+    pub addresses: Addresses,
 }
 
 pub struct ServeOptions {
@@ -89,13 +89,12 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
     if !data.is_empty_or_missing()? {
         return Err(ServerError::NotEmpty(data.root().to_path_buf()));
     }
-    let client_host = host_of(&options.listen_client)?;
-    let peer_host = host_of(&options.listen_peer)?;
+    let hosts = options.addresses.hosts()?;
 
     let cluster_id = random_id();
     let member_id = random_id();
     let ca = ClusterCa::generate(cluster_id)?;
-    let member = ca.issue_member(&options.name, &[client_host, peer_host], MEMBER_CERT_TTL)?;
+    let member = ca.issue_member(&options.name, &hosts, MEMBER_CERT_TTL)?;
     let admin = ca.issue_client(ADMIN_NAME, ADMIN_CERT_TTL)?;
 
     create_private_dir(data.root())?;
@@ -117,8 +116,10 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
         name: options.name.clone(),
         cluster_id: format_id(cluster_id),
         member_id: format_id(member_id),
-        listen_client: options.listen_client.clone(),
-        listen_peer: options.listen_peer.clone(),
+        listen_client: options.addresses.listen_client.clone(),
+        listen_peer: options.addresses.listen_peer.clone(),
+        advertise_client: options.addresses.advertise_client.clone(),
+        advertise_peer: options.addresses.advertise_peer.clone(),
         bootstrap: true,
     })?;
     Ok(data)
@@ -161,11 +162,16 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
 
     let client_listener = bind(&config.listen_client).await?;
     let peer_listener = bind(&config.listen_peer).await?;
+    let bound_client = local_addr(&client_listener, &config.listen_client)?.to_string();
+    let bound_peer = local_addr(&peer_listener, &config.listen_peer)?.to_string();
     let client_url = format!(
         "https://{}",
-        local_addr(&client_listener, &config.listen_client)?
+        config.advertise_client.as_deref().unwrap_or(&bound_client)
     );
-    let peer_addr = local_addr(&peer_listener, &config.listen_peer)?.to_string();
+    let peer_addr = config
+        .advertise_peer
+        .clone()
+        .unwrap_or_else(|| bound_peer.clone());
     if config.bootstrap {
         consensus
             .bootstrap(MemberNode {
@@ -194,8 +200,8 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         "bulwark: member {} ({}) of cluster {}",
         config.name, config.member_id, config.cluster_id
     );
-    println!("bulwark: serving peers on {peer_addr}");
-    println!("bulwark: serving clients on {client_url}");
+    println!("bulwark: serving peers on {bound_peer} (advertised as {peer_addr})");
+    println!("bulwark: serving clients on https://{bound_client}");
     let admin = if data.admin_cert().exists() {
         data.admin()
     } else {
