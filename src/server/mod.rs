@@ -235,19 +235,23 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         )
         .add_service(JoinServer::new(join::JoinService {
             consensus: consensus.clone(),
-            store,
+            store: store.clone(),
             ca,
         }));
+    let store_for_deny = store;
+    let deny: Arc<dyn transport::DenyList> = Arc::new(ReplicatedDenyList(store_for_deny));
     let clients = transport::serve_tls(
         client_listener,
         tls,
         client_router,
+        deny.clone(),
         wait_stop(stopped.clone()),
     );
     let peers = transport::serve_tls(
         peer_listener,
         peer_tls_server,
         peer_router,
+        deny,
         wait_stop(stopped),
     );
     let signal = async {
@@ -278,6 +282,22 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     result?;
     println!("bulwark: stopped");
     Ok(())
+}
+
+/// The deny list in the replicated cluster settings (removed members, revoked identities).
+struct ReplicatedDenyList(Arc<Store>);
+
+impl transport::DenyList for ReplicatedDenyList {
+    fn is_denied(&self, serial_hex: &str) -> bool {
+        match self.0.setting(&api::deny_setting(serial_hex)) {
+            Ok(entry) => entry.is_some(),
+            Err(error) => {
+                // Fail closed: a member that cannot read its state cannot vouch for anyone.
+                tracing::error!(%error, "reading the deny list failed; refusing the certificate");
+                true
+            }
+        }
+    }
 }
 
 /// A new cluster's first start: creates the manager join token once, through consensus, so every

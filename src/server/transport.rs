@@ -1,63 +1,222 @@
 //! The listeners (client and peer): TCP, then a TLS handshake that requires a certificate from
 //! the cluster CA, then gRPC. A connection that fails the handshake never reaches a service.
+//!
+//! Revocation: a connection whose certificate is on the deny list is closed right after its
+//! handshake, and every open connection is re-checked every [`REVOCATION_SWEEP`]; one that has
+//! become denied is closed (its reads and writes fail from then on), so removing a member or
+//! revoking an identity takes effect on live connections within about a second.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Connected, Router, TcpConnectInfo, TlsConnectInfo};
+
+use crate::pki;
 
 /// A client that has not finished its handshake by then is dropped, so slow or silent
 /// connections cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often open connections are checked against the deny list.
+const REVOCATION_SWEEP: Duration = Duration::from_secs(1);
 
-/// Serves `router` on `listener` over mutual TLS until `shutdown` completes, then finishes the
-/// requests in flight.
+/// Whether a certificate (by serial, hex) may no longer be used.
+pub trait DenyList: Send + Sync + 'static {
+    fn is_denied(&self, serial_hex: &str) -> bool;
+}
+
+/// Serves `router` on `listener` over TLS until `shutdown` completes, then finishes the requests
+/// in flight.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    deny: Arc<dyn DenyList>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (connections, incoming) = mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
+    let (connections, incoming) = mpsc::channel::<Result<Revocable, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(tls);
-    let accepting = tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically out of file descriptors: back off instead of spinning.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let connections = connections.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = connections.send(Ok(stream)).await;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::info!(%peer, %error, "refused a connection at the TLS handshake")
-                    }
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    // Stop accepting when serving ends, or when the caller gives up on a graceful end.
-    let _accepting = AbortOnDrop(accepting);
+    let live: Arc<Mutex<Vec<(String, Weak<Revocation>)>>> = Arc::default();
+    let accepting = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        connections,
+        deny.clone(),
+        live.clone(),
+    ));
+    let sweeping = tokio::spawn(sweep(deny, live));
+    // Stop accepting and sweeping when serving ends, or when the caller gives up on a graceful
+    // end and drops this future.
+    let _tasks = (AbortOnDrop(accepting), AbortOnDrop(sweeping));
     router
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
         .await
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    connections: mpsc::Sender<Result<Revocable, std::io::Error>>,
+    deny: Arc<dyn DenyList>,
+    live: Arc<Mutex<Vec<(String, Weak<Revocation>)>>>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        let deny = deny.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "refused a connection at the TLS handshake");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let serial = peer_serial(&stream);
+            if let Some(serial) = &serial {
+                if deny.is_denied(serial) {
+                    tracing::info!(%peer, %serial, "refused a denied certificate");
+                    return;
+                }
+            }
+            let revocation = Arc::new(Revocation::default());
+            if let Some(serial) = serial {
+                let mut live = live.lock().expect("live connection list lock");
+                live.push((serial, Arc::downgrade(&revocation)));
+            }
+            let _ = connections
+                .send(Ok(Revocable {
+                    inner: stream,
+                    revocation,
+                }))
+                .await;
+        });
+    }
+}
+
+/// Re-checks every open connection's certificate and closes those now denied.
+async fn sweep(deny: Arc<dyn DenyList>, live: Arc<Mutex<Vec<(String, Weak<Revocation>)>>>) {
+    let mut ticker = tokio::time::interval(REVOCATION_SWEEP);
+    loop {
+        ticker.tick().await;
+        let snapshot: Vec<(String, Arc<Revocation>)> = {
+            let mut live = live.lock().expect("live connection list lock");
+            live.retain(|(_, revocation)| revocation.strong_count() > 0);
+            live.iter()
+                .filter_map(|(serial, weak)| Some((serial.clone(), weak.upgrade()?)))
+                .collect()
+        };
+        for (serial, revocation) in snapshot {
+            if !revocation.revoked.load(Ordering::Acquire) && deny.is_denied(&serial) {
+                tracing::info!(%serial, "closing a connection whose certificate was denied");
+                revocation.revoke();
+            }
+        }
+    }
+}
+
+fn peer_serial(stream: &TlsStream<TcpStream>) -> Option<String> {
+    let (_, session) = stream.get_ref();
+    let leaf = session.peer_certificates()?.first()?;
+    pki::identity_of(leaf.as_ref()).ok().map(|id| id.serial_hex)
+}
+
+#[derive(Default)]
+struct Revocation {
+    revoked: AtomicBool,
+    /// The task waiting to read, woken when the connection is revoked so it sees the error.
+    reader: Mutex<Option<Waker>>,
+}
+
+impl Revocation {
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+        if let Some(waker) = self.reader.lock().expect("waker lock").take() {
+            waker.wake();
+        }
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.revoked.load(Ordering::Acquire) {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "certificate denied",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A TLS connection that fails once its certificate is denied.
+struct Revocable {
+    inner: TlsStream<TcpStream>,
+    revocation: Arc<Revocation>,
+}
+
+impl Connected for Revocable {
+    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for Revocable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.revocation.check()?;
+        *self.revocation.reader.lock().expect("waker lock") = Some(cx.waker().clone());
+        // A revocation between the check and storing the waker would be missed: check again.
+        self.revocation.check()?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Revocable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.revocation.check()?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
