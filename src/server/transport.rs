@@ -29,6 +29,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often open connections are checked against the deny list.
 const REVOCATION_SWEEP: Duration = Duration::from_secs(1);
 
+/// Open connections that presented a certificate: its serial, and the connection's revocation
+/// handle (weak: a closed connection drops out).
+type LiveConnections = Arc<Mutex<Vec<(String, Weak<Revocation>)>>>;
+
 /// Whether a certificate (by serial, hex) may no longer be used.
 pub trait DenyList: Send + Sync + 'static {
     fn is_denied(&self, serial_hex: &str) -> bool;
@@ -45,7 +49,7 @@ pub async fn serve_tls(
 ) -> Result<(), tonic::transport::Error> {
     let (connections, incoming) = mpsc::channel::<Result<Revocable, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(tls);
-    let live: Arc<Mutex<Vec<(String, Weak<Revocation>)>>> = Arc::default();
+    let live = LiveConnections::default();
     let accepting = tokio::spawn(accept_loop(
         listener,
         acceptor,
@@ -67,7 +71,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<Result<Revocable, std::io::Error>>,
     deny: Arc<dyn DenyList>,
-    live: Arc<Mutex<Vec<(String, Weak<Revocation>)>>>,
+    live: LiveConnections,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -119,7 +123,7 @@ async fn accept_loop(
 }
 
 /// Re-checks every open connection's certificate and closes those now denied.
-async fn sweep(deny: Arc<dyn DenyList>, live: Arc<Mutex<Vec<(String, Weak<Revocation>)>>>) {
+async fn sweep(deny: Arc<dyn DenyList>, live: LiveConnections) {
     let mut ticker = tokio::time::interval(REVOCATION_SWEEP);
     loop {
         ticker.tick().await;
