@@ -44,6 +44,10 @@ pub enum ApiError {
     LearnerNotReady,
     #[error("bad peer URL {0:?}: expected https://HOST:PORT")]
     BadPeerUrl(String),
+    #[error("not leader")]
+    NotLeader,
+    #[error("bad leader transferee")]
+    BadTransferee,
     #[error("{0} is not supported by this member yet")]
     Unsupported(&'static str),
 }
@@ -58,6 +62,8 @@ impl From<ProposeError> for ApiError {
             ProposeError::Stopped => ApiError::Stopped,
             ProposeError::Peer(message) => ApiError::Peer(message),
             ProposeError::Membership(message) => ApiError::MembershipRefused(message),
+            ProposeError::NotLeader => ApiError::NotLeader,
+            ProposeError::BadTransferee => ApiError::BadTransferee,
         }
     }
 }
@@ -94,6 +100,9 @@ impl ApiError {
             | ApiError::LearnerNotReady
             | ApiError::MembershipRefused(_) => etcd(Code::FailedPrecondition, &self.to_string()),
             ApiError::BadPeerUrl(_) => etcd(Code::InvalidArgument, &self.to_string()),
+            ApiError::NotLeader | ApiError::BadTransferee => {
+                etcd(Code::FailedPrecondition, &self.to_string())
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! etcd's `Maintenance` service: what `etcdctl endpoint status|health|alarm` need. Calls that
-//! belong to later capabilities (defragment, hashes, snapshots, move-leader) answer
+//! belong to later capabilities (defragment, hashes, snapshots) answer
 //! `Unimplemented` with a clear message.
 
 use std::pin::Pin;
@@ -88,9 +88,17 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        unsupported("MoveLeader")
+        let target = request.into_inner().target_id;
+        self.0
+            .consensus
+            .transfer_leadership(target)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.0.header(self.0.current_revision()?),
+        }))
     }
 
     async fn downgrade(

@@ -109,6 +109,10 @@ pub enum ProposeError {
     /// A membership change openraft refused (e.g. another one in progress).
     #[error("membership change refused: {0}")]
     Membership(String),
+    #[error("not leader")]
+    NotLeader,
+    #[error("bad leader transferee")]
+    BadTransferee,
 }
 
 /// Timings for openraft; defaults suit a LAN, tests may shorten them.
@@ -138,6 +142,7 @@ pub struct Consensus {
     pub id: NodeId,
     pub store: Arc<Store>,
     tls: PeerTls,
+    timings: RaftTimings,
 }
 
 impl Consensus {
@@ -171,6 +176,7 @@ impl Consensus {
             id,
             store,
             tls,
+            timings: timings.clone(),
         })
     }
 
@@ -382,6 +388,48 @@ impl Consensus {
         tokio::time::timeout(REQUEST_TIMEOUT, attempt)
             .await
             .unwrap_or(Err(ProposeError::Timeout))
+    }
+
+    /// Hands leadership to voter `target` (etcd's MoveLeader). openraft 0.9 has no transfer
+    /// call, so: stop heartbeats, wait until the followers' leader lease (the maximum election
+    /// timeout) has run out, and have the target campaign at once; the others would wait a further
+    /// random election timeout, so it is first. Heartbeats resume whatever happens. Concurrent
+    /// writes keep the lease alive, so a transfer under load may time out, like etcd's.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader);
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        let status = self.status();
+        let node = match status.members.iter().find(|(id, _, _)| *id == target) {
+            Some((_, node, false)) => node.clone(),
+            _ => return Err(ProposeError::BadTransferee),
+        };
+        if !self.caught_up(target) {
+            return Err(ProposeError::BadTransferee);
+        }
+        let lease = Duration::from_millis(self.timings.election_max_ms);
+        self.raft.runtime_config().heartbeat(false);
+        let transfer = async {
+            tokio::time::sleep(lease + Duration::from_millis(self.timings.heartbeat_ms)).await;
+            network::request_campaign(&self.tls, &node, REQUEST_TIMEOUT)
+                .await
+                .map_err(status_to_error)?;
+            self.raft
+                .wait(Some(lease * 2))
+                .metrics(
+                    |metrics| metrics.current_leader == Some(target),
+                    "leadership transferred",
+                )
+                .await
+                .map(|_| ())
+                .map_err(|_| ProposeError::Timeout)
+        };
+        let result = transfer.await;
+        self.raft.runtime_config().heartbeat(true);
+        result
     }
 
     /// The peer address of the current leader, if known.

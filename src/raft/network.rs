@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{MemberNode, NodeId, TypeConfig};
 use crate::pki::{self, CertifiedKey, PkiError};
 use crate::proto::bulwarkpb::peer_client::PeerClient;
-use crate::proto::bulwarkpb::{ProposeRequest, RaftPayload, ReadIndexRequest};
+use crate::proto::bulwarkpb::{CampaignRequest, ProposeRequest, RaftPayload, ReadIndexRequest};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -234,5 +234,20 @@ pub async fn forward_membership_change(
     let mut request = tonic::Request::new(RaftPayload { bincode: changes });
     request.set_timeout(timeout);
     client.change_membership(request).await?;
+    Ok(())
+}
+
+/// Asks `target` to start an election now (leadership transfer).
+pub async fn request_campaign(
+    tls: &PeerTls,
+    target: &MemberNode,
+    timeout: Duration,
+) -> Result<(), tonic::Status> {
+    let mut client = tls
+        .client(&target.peer_addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(CampaignRequest {});
+    request.set_timeout(timeout);
+    client.campaign(request).await?;
     Ok(())
 }

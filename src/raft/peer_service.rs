@@ -11,8 +11,8 @@ use super::{Consensus, NodeId, TypeConfig};
 use crate::pki::{self, Role};
 use crate::proto::bulwarkpb::peer_server::Peer;
 use crate::proto::bulwarkpb::{
-    ChangeMembershipResponse, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest,
-    ReadIndexResponse,
+    CampaignRequest, CampaignResponse, ChangeMembershipResponse, ProposeRequest, ProposeResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 
 pub struct PeerService {
@@ -106,6 +106,20 @@ impl Peer for PeerService {
             .await
             .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
         Ok(Response::new(ChangeMembershipResponse {}))
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        self.require_member(&request)?;
+        self.consensus
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(CampaignResponse {}))
     }
 
     async fn read_index(
