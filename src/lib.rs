@@ -5,3 +5,4 @@ pub mod pki;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod watch;

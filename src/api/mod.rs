@@ -14,6 +14,7 @@ pub mod error;
 mod kv;
 mod maintenance;
 pub mod validate;
+mod watch;
 
 pub use cluster::deny_setting;
 
@@ -27,6 +28,7 @@ use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::Consensus;
 use error::{ApiError, EtcdCodes};
@@ -50,6 +52,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Most operations in one txn branch (etcd's `--max-txn-ops`).
     pub max_txn_ops: usize,
+    /// How often idle watchers that asked for it get a progress notification.
+    pub watch_progress_interval: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -57,6 +61,7 @@ impl Default for Limits {
         Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            watch_progress_interval: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -105,6 +110,7 @@ pub struct Services {
     pub kv: EtcdCodes<KvServer<kv::KvService>>,
     pub maintenance: EtcdCodes<MaintenanceServer<maintenance::MaintenanceService>>,
     pub cluster: EtcdCodes<ClusterServer<cluster::ClusterService>>,
+    pub watch: EtcdCodes<WatchServer<watch::WatchService>>,
     pub admin: AdminServer<admin::AdminService>,
 }
 
@@ -121,6 +127,16 @@ pub fn services(context: Arc<ApiContext>) -> Services {
         cluster: EtcdCodes(
             ClusterServer::new(cluster::ClusterService(context.clone()))
                 .max_decoding_message_size(max_message),
+        ),
+        watch: EtcdCodes(
+            WatchServer::new(watch::WatchService {
+                context: context.clone(),
+                settings: crate::watch::WatchSettings {
+                    progress_interval: context.limits.watch_progress_interval,
+                    max_response_bytes: context.limits.max_request_bytes,
+                },
+            })
+            .max_decoding_message_size(max_message),
         ),
         admin: AdminServer::new(admin::AdminService(context)),
     }

@@ -123,6 +123,9 @@ struct LimitArgs {
     /// Most operations in one txn branch.
     #[arg(long, default_value_t = Limits::default().max_txn_ops)]
     max_txn_ops: usize,
+    /// Seconds between progress notifications to idle watchers that asked for them.
+    #[arg(long, default_value_t = Limits::default().watch_progress_interval.as_secs())]
+    watch_progress_notify_interval: u64,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = RaftTimings::default().heartbeat_ms)]
     heartbeat_interval: u64,
@@ -140,6 +143,9 @@ impl LimitArgs {
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
+                watch_progress_interval: std::time::Duration::from_secs(
+                    self.watch_progress_notify_interval.max(1),
+                ),
             },
             timings: RaftTimings {
                 heartbeat_ms: self.heartbeat_interval,

@@ -27,6 +27,7 @@
 
 mod apply;
 mod compare;
+mod events;
 pub mod keys;
 mod read;
 mod result;
@@ -119,6 +120,8 @@ pub struct StoreStatus {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The newest committed revision, published after every commit (watchers wait on it).
+    committed: tokio::sync::watch::Sender<i64>,
 }
 
 impl Store {
@@ -139,10 +142,25 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(Store {
+        let store = Store {
             db,
             path: path.to_path_buf(),
-        })
+            committed: tokio::sync::watch::Sender::new(FIRST_REVISION),
+        };
+        store.publish()?;
+        Ok(store)
+    }
+
+    /// Tells watchers the newest committed revision.
+    fn publish(&self) -> Result<(), MvccError> {
+        let current = self.status()?.current_revision;
+        self.committed.send_replace(current);
+        Ok(())
+    }
+
+    /// A receiver that sees the newest committed revision change (after each apply or restore).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.committed.subscribe()
     }
 
     /// Applies encoded [`Command`]s in order in one durable redb transaction (one fsync for the
@@ -175,6 +193,7 @@ impl Store {
                 .insert(CONSENSUS_APPLIED, consensus)?;
         }
         txn.commit()?;
+        self.publish()?;
         Ok(results)
     }
 

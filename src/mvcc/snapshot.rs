@@ -208,6 +208,7 @@ impl Store {
             }
         }
         txn.commit().map_err(MvccError::from)?;
+        self.publish()?;
         Ok(())
     }
 }
