@@ -1,3 +1,30 @@
+//! Bulwark: a secure, Raft-replicated key-value store that speaks the etcd v3 API.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cli`] | the `bulwark` command line: server commands and client commands |
+//! | [`server`] | assembling a member: data directory, start-up order, listeners, joining, shutdown |
+//! | [`proto`] | the etcd v3 protos and Bulwark's own, generated at build time |
+//! | [`api`] | the client-facing gRPC services (KV, Watch, Maintenance, Cluster, Admin), validation, error mapping |
+//! | [`raft`] | consensus on openraft: log store, state machine, peer network, membership |
+//! | [`mvcc`] | revisions, key index, historical reads, compaction, the apply function, snapshots |
+//! | [`watch`] | watch streams over the MVCC change log |
+//! | [`pki`] | the cluster CA, certificates, join tokens, TLS configurations |
+//!
+//! # A request's path
+//!
+//! A client connects over mutual TLS (`server::transport`), an [`api`] service validates the
+//! request, and then:
+//! - a read waits for [`raft::Consensus::read_barrier`] (unless serializable) and reads
+//!   [`mvcc::Store`];
+//! - a write becomes a `bulwarkpb.Command`, goes through [`raft::Consensus::propose`] to a quorum's
+//!   durable logs, is applied in log order by [`mvcc::Store::apply`], and only then is answered;
+//! - a watch stream follows the committed revision and reads events back from the MVCC history.
+//!
+//! `docs/design.md` has the on-disk formats, fsync points and invariants.
+
 pub mod api;
 pub mod cli;
 pub mod mvcc;
