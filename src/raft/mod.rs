@@ -443,7 +443,7 @@ impl Consensus {
             .map(|node| node.peer_addr.clone())
     }
 
-    /// On the leader: whether member `id`'s log is within [`PROMOTE_LAG`] of the leader's.
+    /// On the leader: whether member `id`'s log is within `PROMOTE_LAG` of the leader's.
     pub fn caught_up(&self, id: NodeId) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         matched_index(&metrics, id) + PROMOTE_LAG >= metrics.last_log_index.unwrap_or(0)
@@ -454,7 +454,7 @@ impl Consensus {
     }
 
     /// While this member leads, promotes every learner that joined to become a voter once its
-    /// log is within [`PROMOTE_LAG`] entries of the leader's. Runs until the member stops.
+    /// log is within `PROMOTE_LAG` entries of the leader's. Runs until the member stops.
     pub async fn promote_caught_up_learners(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         loop {
