@@ -3,6 +3,7 @@
 //! path does.
 
 use super::*;
+use crate::mvcc::keys::KeyRange;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{
@@ -440,6 +441,14 @@ fn a_snapshot_restores_every_revision_and_the_position() {
     source.delete("a", "");
     source.put("a", "2");
     source.compact(3).unwrap();
+    source
+        .apply(command::Kind::SetSetting(
+            crate::proto::bulwarkpb::Setting {
+                name: "join-token/manager".into(),
+                value: b"token".to_vec(),
+            },
+        ))
+        .unwrap();
     let mut snapshot = Vec::new();
     source.store.write_snapshot(&mut snapshot).unwrap();
 
@@ -453,6 +462,10 @@ fn a_snapshot_restores_every_revision_and_the_position() {
     assert_eq!(
         target.store.consensus_state().unwrap(),
         source.store.consensus_state().unwrap()
+    );
+    assert_eq!(
+        target.store.setting("join-token/manager").unwrap().unwrap(),
+        b"token"
     );
     for revision in [0, 3, 4, 5] {
         assert_eq!(
@@ -482,4 +495,89 @@ fn a_corrupt_or_truncated_snapshot_changes_nothing() {
         assert!(target.store.restore_snapshot(bad).is_err());
     }
     assert_eq!(keys(&target.get("\0", "\0", 0).unwrap()), ["mine"]);
+}
+
+#[test]
+fn events_replay_the_change_log_in_revision_order() {
+    use crate::proto::mvccpb::event::EventType;
+    let mut f = Fixture::new();
+    f.put("a", "1"); // 2
+    f.put("b", "1"); // 3
+    f.put("a", "2"); // 4
+    f.delete("a", ""); // 5
+    let all = KeyRange::new(b"\0", b"\0");
+    let read = f.store.events(&all, 2, 5, true, 100).unwrap();
+    assert_eq!(read.next_revision, 6);
+    let summary: Vec<_> = read
+        .events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (
+                EventType::try_from(e.r#type).unwrap(),
+                String::from_utf8(kv.key.clone()).unwrap(),
+                kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| p.mod_revision),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (EventType::Put, "a".to_string(), 2, None),
+            (EventType::Put, "b".to_string(), 3, None),
+            (EventType::Put, "a".to_string(), 4, Some(2)),
+            (EventType::Delete, "a".to_string(), 5, Some(4)),
+        ]
+    );
+    // A key range, and a bound on how many revisions one read covers.
+    let only_b = f
+        .store
+        .events(&KeyRange::new(b"b", b""), 2, 5, false, 100)
+        .unwrap();
+    assert_eq!(only_b.events.len(), 1);
+    let first_two = f.store.events(&all, 2, 5, false, 2).unwrap();
+    assert_eq!((first_two.events.len(), first_two.next_revision), (2, 4));
+    // Nothing new yet: the position stays.
+    assert_eq!(
+        f.store
+            .events(&all, 6, 5, false, 100)
+            .unwrap()
+            .next_revision,
+        6
+    );
+}
+
+#[test]
+fn a_txn_is_one_revision_of_events_and_compaction_cuts_history() {
+    let mut f = Fixture::new();
+    f.txn(TxnRequest {
+        compare: vec![],
+        success: vec![op_put("x", "1"), op_put("y", "1")],
+        failure: vec![],
+    })
+    .unwrap(); // 2
+    f.put("z", "1"); // 3
+    let all = KeyRange::new(b"\0", b"\0");
+    let revision_two = f.store.events(&all, 2, 2, false, 100).unwrap();
+    assert_eq!(revision_two.events.len(), 2);
+    f.compact(3).unwrap();
+    assert!(matches!(
+        f.store.events(&all, 2, 3, false, 100),
+        Err(MvccError::Compacted)
+    ));
+    assert_eq!(
+        f.store.events(&all, 3, 3, false, 100).unwrap().events.len(),
+        1
+    );
+}
+
+#[test]
+fn subscribers_see_each_committed_revision() {
+    let mut f = Fixture::new();
+    let mut committed = f.store.subscribe();
+    assert_eq!(*committed.borrow_and_update(), 1);
+    f.put("a", "1");
+    assert!(committed.has_changed().unwrap());
+    assert_eq!(*committed.borrow_and_update(), 2);
 }
