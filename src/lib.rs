@@ -7,10 +7,11 @@
 //! | [`cli`] | the `bulwark` command line: server commands and client commands |
 //! | [`server`] | assembling a member: data directory, start-up order, listeners, joining, shutdown |
 //! | [`proto`] | the etcd v3 protos and Bulwark's own, generated at build time |
-//! | [`api`] | the client-facing gRPC services (KV, Watch, Maintenance, Cluster, Admin), validation, error mapping |
+//! | [`api`] | the client-facing gRPC services (KV, Watch, Lease, Maintenance, Cluster, Admin), validation, error mapping |
 //! | [`raft`] | consensus on openraft: log store, state machine, peer network, membership |
 //! | [`mvcc`] | revisions, key index, historical reads, compaction, the apply function, snapshots |
 //! | [`watch`] | watch streams over the MVCC change log |
+//! | [`lease`] | lease expiry on the leader (leases themselves are replicated MVCC state) |
 //! | [`pki`] | the cluster CA, certificates, join tokens, TLS configurations |
 //!
 //! # A request's path
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod lease;
 pub mod mvcc;
 pub mod pki;
 pub mod proto;

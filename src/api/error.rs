@@ -46,6 +46,8 @@ pub enum ApiError {
     BadPeerUrl(String),
     #[error("not leader")]
     NotLeader,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("bad leader transferee")]
     BadTransferee,
     #[error("{0} is not supported by this member yet")]
@@ -85,6 +87,7 @@ impl ApiError {
                 }
                 MvccError::KeyNotFound => etcd(Code::InvalidArgument, &error.to_string()),
                 MvccError::LeaseNotFound => etcd(Code::NotFound, &error.to_string()),
+                MvccError::LeaseExists => etcd(Code::FailedPrecondition, &error.to_string()),
                 MvccError::Corrupt(_) => etcd(Code::DataLoss, "corrupt cluster"),
                 MvccError::Storage(_) => etcd(Code::Internal, &error.to_string()),
             },
@@ -100,6 +103,7 @@ impl ApiError {
             | ApiError::LearnerNotReady
             | ApiError::MembershipRefused(_) => etcd(Code::FailedPrecondition, &self.to_string()),
             ApiError::BadPeerUrl(_) => etcd(Code::InvalidArgument, &self.to_string()),
+            ApiError::LeaseTtlTooLarge => etcd(Code::OutOfRange, &self.to_string()),
             ApiError::NotLeader | ApiError::BadTransferee => {
                 etcd(Code::FailedPrecondition, &self.to_string())
             }

@@ -12,6 +12,7 @@ pub mod admin;
 mod cluster;
 pub mod error;
 mod kv;
+mod lease;
 mod maintenance;
 pub mod validate;
 mod watch;
@@ -27,6 +28,7 @@ use crate::proto::bulwarkpb::admin_server::AdminServer;
 use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
@@ -70,6 +72,7 @@ impl Default for Limits {
 pub struct ApiContext {
     pub store: Arc<Store>,
     pub consensus: Arc<Consensus>,
+    pub lessor: Arc<crate::lease::Lessor>,
     pub member: MemberInfo,
     pub limits: Limits,
 }
@@ -111,6 +114,7 @@ pub struct Services {
     pub maintenance: EtcdCodes<MaintenanceServer<maintenance::MaintenanceService>>,
     pub cluster: EtcdCodes<ClusterServer<cluster::ClusterService>>,
     pub watch: EtcdCodes<WatchServer<watch::WatchService>>,
+    pub lease: EtcdCodes<LeaseServer<lease::LeaseService>>,
     pub admin: AdminServer<admin::AdminService>,
 }
 
@@ -137,6 +141,10 @@ pub fn services(context: Arc<ApiContext>) -> Services {
                 },
             })
             .max_decoding_message_size(max_message),
+        ),
+        lease: EtcdCodes(
+            LeaseServer::new(lease::LeaseService(context.clone()))
+                .max_decoding_message_size(max_message),
         ),
         admin: AdminServer::new(admin::AdminService(context)),
     }

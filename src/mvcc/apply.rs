@@ -11,14 +11,14 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::keys::{history_key, history_prefix, revision_of_history_key, KeyRange};
 use super::read::{decode_kv, range_request, scan_latest, Record};
 use super::{
-    compare, CommandResponse, MvccError, Revision, StoreStatus, BY_REVISION, HISTORY, LATEST, META,
-    META_COMPACT_REVISION, META_CURRENT_REVISION, SETTINGS,
+    compare, CommandResponse, MvccError, Revision, StoreStatus, BY_REVISION, HISTORY, LATEST,
+    LEASES, LEASE_KEYS, META, META_COMPACT_REVISION, META_CURRENT_REVISION, SETTINGS,
 };
 use crate::proto::bulwarkpb::{command::Kind, Command};
 use crate::proto::etcdserverpb::{
     request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -61,6 +61,8 @@ pub(super) struct ApplyState<'txn> {
     by_revision: Table<'txn, (i64, i64), &'static [u8]>,
     meta: Table<'txn, &'static str, i64>,
     settings: Table<'txn, &'static str, &'static [u8]>,
+    leases: Table<'txn, i64, i64>,
+    lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     status: StoreStatus,
 }
 
@@ -73,6 +75,8 @@ impl<'txn> ApplyState<'txn> {
             history: txn.open_table(HISTORY)?,
             by_revision: txn.open_table(BY_REVISION)?,
             settings: txn.open_table(SETTINGS)?,
+            leases: txn.open_table(LEASES)?,
+            lease_keys: txn.open_table(LEASE_KEYS)?,
             meta,
             status,
         })
@@ -96,6 +100,21 @@ impl<'txn> ApplyState<'txn> {
                 CommandResponse::Txn(response)
             }
             Some(Kind::Compaction(req)) => CommandResponse::Compaction(self.compact(&req)?),
+            Some(Kind::LeaseGrant(grant)) => {
+                if self.leases.get(grant.id)?.is_some() {
+                    return Err(MvccError::LeaseExists);
+                }
+                self.leases.insert(grant.id, grant.ttl)?;
+                CommandResponse::LeaseGrant(LeaseGrantResponse {
+                    header: header(writing.begin),
+                    id: grant.id,
+                    ttl: grant.ttl,
+                    error: String::new(),
+                })
+            }
+            Some(Kind::LeaseRevoke(revoke)) => {
+                CommandResponse::LeaseRevoke(self.revoke_lease(&mut writing, revoke.id)?)
+            }
             Some(Kind::SetSetting(setting)) => {
                 self.settings
                     .insert(setting.name.as_str(), setting.value.as_slice())?;
@@ -128,8 +147,7 @@ impl<'txn> ApplyState<'txn> {
             (Some(previous), true) => previous.lease,
             _ => req.lease,
         };
-        // No lease exists until the lease service does, so any lease id is unknown.
-        if lease != 0 {
+        if lease != 0 && self.leases.get(lease)?.is_none() {
             return Err(MvccError::LeaseNotFound);
         }
         Ok(previous)
@@ -164,6 +182,14 @@ impl<'txn> ApplyState<'txn> {
                 _ => req.lease,
             },
         };
+        let previous_lease = previous.as_ref().map_or(0, |p| p.lease);
+        if previous_lease != 0 && previous_lease != kv.lease {
+            self.lease_keys
+                .remove((previous_lease, kv.key.as_slice()))?;
+        }
+        if kv.lease != 0 {
+            self.lease_keys.insert((kv.lease, kv.key.as_slice()), ())?;
+        }
         self.latest
             .insert(kv.key.as_slice(), kv.encode_to_vec().as_slice())?;
         self.record(revision, Record::Put(kv))?;
@@ -181,6 +207,9 @@ impl<'txn> ApplyState<'txn> {
         let (deleted, _) = scan_latest(&self.latest, &KeyRange::new(&req.key, &req.range_end), 0)?;
         for kv in &deleted {
             let revision = writing.next();
+            if kv.lease != 0 {
+                self.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
+            }
             self.latest.remove(kv.key.as_slice())?;
             let tombstone = KeyValue {
                 key: kv.key.clone(),
@@ -193,6 +222,37 @@ impl<'txn> ApplyState<'txn> {
             header: header(writing.visible()),
             deleted: deleted.len() as i64,
             prev_kvs: if req.prev_kv { deleted } else { Vec::new() },
+        })
+    }
+
+    /// Ends lease `id`: every attached key is deleted, all in this command's revision.
+    fn revoke_lease(
+        &mut self,
+        writing: &mut Writing,
+        id: i64,
+    ) -> Result<LeaseRevokeResponse, MvccError> {
+        if self.leases.remove(id)?.is_none() {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let mut keys = Vec::new();
+        for row in self.lease_keys.range::<(i64, &[u8])>((id, &[][..])..)? {
+            let (entry, _) = row?;
+            let (lease, key) = entry.value();
+            if lease != id {
+                break;
+            }
+            keys.push(key.to_vec());
+        }
+        for key in keys {
+            let request = DeleteRangeRequest {
+                key,
+                range_end: Vec::new(),
+                prev_kv: false,
+            };
+            self.delete_range(writing, &request)?;
+        }
+        Ok(LeaseRevokeResponse {
+            header: header(writing.visible()),
         })
     }
 

@@ -13,6 +13,8 @@
 //!   historical reads and compaction scan;
 //! - `by_revision`: `(main, sub)` -> key: the change log in revision order;
 //! - `meta`: current revision, compacted revision;
+//! - `leases`: lease id -> granted TTL (seconds); `lease_keys`: (lease id, key) for every key
+//!   attached to a lease;
 //! - `settings`: cluster settings outside the etcd keyspace (join tokens), name -> bytes;
 //! - `consensus`: opaque bytes the write path stores with the data (its last applied log
 //!   position), so data and position can never disagree after a crash.
@@ -43,7 +45,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    RangeRequest, RangeResponse, TxnResponse,
 };
 
 /// A point in the store's history: `main` is etcd's revision, `sub` orders writes within it.
@@ -62,6 +65,8 @@ const BY_REVISION: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("by
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const CONSENSUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consensus");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 
 const META_CURRENT_REVISION: &str = "current_revision";
 const META_COMPACT_REVISION: &str = "compact_revision";
@@ -77,6 +82,8 @@ pub enum MvccError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
     #[error("corrupt store: {0}")]
@@ -108,6 +115,8 @@ pub enum CommandResponse {
     Txn(TxnResponse),
     Compaction(CompactionResponse),
     SettingStored,
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// Revisions and positions a caller may report (`Status`, response headers).
@@ -135,6 +144,8 @@ impl Store {
             txn.open_table(BY_REVISION)?;
             txn.open_table(CONSENSUS)?;
             txn.open_table(SETTINGS)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(LEASE_KEYS)?;
             let mut meta = txn.open_table(META)?;
             if meta.get(META_CURRENT_REVISION)?.is_none() {
                 meta.insert(META_CURRENT_REVISION, FIRST_REVISION)?;
@@ -195,6 +206,38 @@ impl Store {
         txn.commit()?;
         self.publish()?;
         Ok(results)
+    }
+
+    /// Every lease: (id, granted TTL in seconds).
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LEASES)?;
+        let mut leases = Vec::new();
+        for row in table.iter()? {
+            let (id, ttl) = row?;
+            leases.push((id.value(), ttl.value()));
+        }
+        Ok(leases)
+    }
+
+    /// A lease's granted TTL and attached keys, if it exists.
+    pub fn lease(&self, id: i64) -> Result<Option<(i64, Vec<Vec<u8>>)>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let Some(ttl) = txn.open_table(LEASES)?.get(id)? else {
+            return Ok(None);
+        };
+        let ttl = ttl.value();
+        let mut keys = Vec::new();
+        let attached = txn.open_table(LEASE_KEYS)?;
+        for row in attached.range::<(i64, &[u8])>((id, &[][..])..)? {
+            let (entry, _) = row?;
+            let (lease, key) = entry.value();
+            if lease != id {
+                break;
+            }
+            keys.push(key.to_vec());
+        }
+        Ok(Some((ttl, keys)))
     }
 
     /// A cluster setting stored by a `set_setting` command.

@@ -15,12 +15,15 @@ pub fn encode_result(result: &Result<CommandResponse, MvccError>) -> Vec<u8> {
         Ok(CommandResponse::Txn(r)) => Kind::Txn(r.clone()),
         Ok(CommandResponse::Compaction(r)) => Kind::Compaction(*r),
         Ok(CommandResponse::SettingStored) => Kind::SettingStored(true),
+        Ok(CommandResponse::LeaseGrant(r)) => Kind::LeaseGrant(r.clone()),
+        Ok(CommandResponse::LeaseRevoke(r)) => Kind::LeaseRevoke(*r),
         Err(error) => {
             let reason = match error {
                 MvccError::Compacted => Reason::Compacted,
                 MvccError::FutureRevision => Reason::FutureRevision,
                 MvccError::KeyNotFound => Reason::KeyNotFound,
                 MvccError::LeaseNotFound => Reason::LeaseNotFound,
+                MvccError::LeaseExists => Reason::LeaseExists,
                 MvccError::Corrupt(_) | MvccError::Storage(_) => Reason::Corrupt,
             };
             Kind::Rejected(Rejection {
@@ -41,12 +44,15 @@ pub fn decode_result(bytes: &[u8]) -> Result<CommandResponse, MvccError> {
         Some(Kind::Txn(r)) => Ok(CommandResponse::Txn(r)),
         Some(Kind::Compaction(r)) => Ok(CommandResponse::Compaction(r)),
         Some(Kind::SettingStored(_)) => Ok(CommandResponse::SettingStored),
+        Some(Kind::LeaseGrant(r)) => Ok(CommandResponse::LeaseGrant(r)),
+        Some(Kind::LeaseRevoke(r)) => Ok(CommandResponse::LeaseRevoke(r)),
         Some(Kind::Rejected(rejection)) => Err(
             match Reason::try_from(rejection.reason).unwrap_or(Reason::Unknown) {
                 Reason::Compacted => MvccError::Compacted,
                 Reason::FutureRevision => MvccError::FutureRevision,
                 Reason::KeyNotFound => MvccError::KeyNotFound,
                 Reason::LeaseNotFound => MvccError::LeaseNotFound,
+                Reason::LeaseExists => MvccError::LeaseExists,
                 Reason::Corrupt | Reason::Unknown => MvccError::Corrupt(rejection.detail),
             },
         ),

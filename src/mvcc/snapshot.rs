@@ -16,7 +16,9 @@ use std::io::{Read, Write};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 
-use super::{MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, META, SETTINGS};
+use super::{
+    MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, SETTINGS,
+};
 
 const MAGIC: &[u8; 8] = b"BWSNAP01";
 const END: u8 = 0xff;
@@ -26,6 +28,8 @@ const TABLE_BY_REVISION: u8 = 2;
 const TABLE_META: u8 = 3;
 const TABLE_CONSENSUS: u8 = 4;
 const TABLE_SETTINGS: u8 = 5;
+const TABLE_LEASES: u8 = 6;
+const TABLE_LEASE_KEYS: u8 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -142,6 +146,30 @@ impl Store {
                 value.value(),
             )?;
         }
+        for row in txn
+            .open_table(LEASES)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (id, ttl) = row.map_err(MvccError::from)?;
+            write_record(
+                &mut out,
+                TABLE_LEASES,
+                &id.value().to_be_bytes(),
+                &ttl.value().to_be_bytes(),
+            )?;
+        }
+        for row in txn
+            .open_table(LEASE_KEYS)
+            .map_err(MvccError::from)?
+            .iter()
+            .map_err(MvccError::from)?
+        {
+            let (entry, _) = row.map_err(MvccError::from)?;
+            let (id, key) = entry.value();
+            write_record(&mut out, TABLE_LEASE_KEYS, &id.to_be_bytes(), key)?;
+        }
         out.write_all(&[END])?;
         let digest = out.digest.finalize();
         out.out.write_all(&digest)?;
@@ -163,12 +191,16 @@ impl Store {
             txn.delete_table(META).map_err(MvccError::from)?;
             txn.delete_table(CONSENSUS).map_err(MvccError::from)?;
             txn.delete_table(SETTINGS).map_err(MvccError::from)?;
+            txn.delete_table(LEASES).map_err(MvccError::from)?;
+            txn.delete_table(LEASE_KEYS).map_err(MvccError::from)?;
             let mut latest = txn.open_table(LATEST).map_err(MvccError::from)?;
             let mut history = txn.open_table(HISTORY).map_err(MvccError::from)?;
             let mut by_revision = txn.open_table(BY_REVISION).map_err(MvccError::from)?;
             let mut meta = txn.open_table(META).map_err(MvccError::from)?;
             let mut consensus = txn.open_table(CONSENSUS).map_err(MvccError::from)?;
             let mut settings = txn.open_table(SETTINGS).map_err(MvccError::from)?;
+            let mut leases = txn.open_table(LEASES).map_err(MvccError::from)?;
+            let mut lease_keys = txn.open_table(LEASE_KEYS).map_err(MvccError::from)?;
             for (table, key, value) in records {
                 let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
                 match table {
@@ -202,6 +234,21 @@ impl Store {
                     TABLE_SETTINGS => {
                         let name = std::str::from_utf8(key).map_err(|_| corrupt("setting name"))?;
                         settings.insert(name, value).map_err(MvccError::from)?;
+                    }
+                    TABLE_LEASES => {
+                        let id: [u8; 8] = key.try_into().map_err(|_| corrupt("lease id"))?;
+                        let ttl: [u8; 8] = value.try_into().map_err(|_| corrupt("lease ttl"))?;
+                        leases
+                            .insert(i64::from_be_bytes(id), i64::from_be_bytes(ttl))
+                            .map_err(MvccError::from)?;
+                    }
+                    TABLE_LEASE_KEYS => {
+                        // The lease id was written as the record's key and the user key as its
+                        // value.
+                        let id: [u8; 8] = key.try_into().map_err(|_| corrupt("lease id"))?;
+                        lease_keys
+                            .insert((i64::from_be_bytes(id), value), ())
+                            .map_err(MvccError::from)?;
                     }
                     other => return Err(corrupt(&format!("unknown table {other}"))),
                 }

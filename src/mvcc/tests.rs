@@ -581,3 +581,39 @@ fn subscribers_see_each_committed_revision() {
     assert!(committed.has_changed().unwrap());
     assert_eq!(*committed.borrow_and_update(), 2);
 }
+
+#[test]
+fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
+    use crate::proto::bulwarkpb::{LeaseGrant, LeaseRevoke};
+    let mut f = Fixture::new();
+    f.apply(command::Kind::LeaseGrant(LeaseGrant { id: 7, ttl: 60 }))
+        .unwrap();
+    assert!(matches!(
+        f.apply(command::Kind::LeaseGrant(LeaseGrant { id: 7, ttl: 60 })),
+        Err(MvccError::LeaseExists)
+    ));
+    for key in ["a", "b"] {
+        f.apply(command::Kind::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease: 7,
+            ..Default::default()
+        }))
+        .unwrap();
+    }
+    f.put("c", "unleased");
+    // Re-putting without the lease detaches the key.
+    f.put("b", "detached");
+    let (ttl, attached) = f.store.lease(7).unwrap().unwrap();
+    assert_eq!((ttl, attached), (60, vec![b"a".to_vec()]));
+    let before = f.revision();
+    f.apply(command::Kind::LeaseRevoke(LeaseRevoke { id: 7 }))
+        .unwrap();
+    assert_eq!(f.revision(), before + 1, "one revision for the revoke");
+    assert_eq!(keys(&f.get("\0", "\0", 0).unwrap()), ["b", "c"]);
+    assert!(f.store.lease(7).unwrap().is_none());
+    assert!(matches!(
+        f.apply(command::Kind::LeaseRevoke(LeaseRevoke { id: 7 })),
+        Err(MvccError::LeaseNotFound)
+    ));
+}

@@ -432,6 +432,21 @@ impl Consensus {
         result
     }
 
+    pub fn timings(&self) -> &RaftTimings {
+        &self.timings
+    }
+
+    /// A peer client for the current leader, when this member is not it and knows who is.
+    pub fn leader_client(
+        &self,
+    ) -> Option<crate::proto::bulwarkpb::peer_client::PeerClient<tonic::transport::Channel>> {
+        if self.is_leader() {
+            return None;
+        }
+        let address = self.leader_peer_addr()?;
+        self.tls.client(&address).ok()
+    }
+
     /// The peer address of the current leader, if known.
     pub fn leader_peer_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();

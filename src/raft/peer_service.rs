@@ -11,12 +11,23 @@ use super::{Consensus, NodeId, TypeConfig};
 use crate::pki::{self, Role};
 use crate::proto::bulwarkpb::peer_server::Peer;
 use crate::proto::bulwarkpb::{
-    CampaignRequest, CampaignResponse, ChangeMembershipResponse, ProposeRequest, ProposeResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    CampaignRequest, CampaignResponse, ChangeMembershipResponse, LeaseAnswer, LeaseQuery,
+    ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 
 pub struct PeerService {
     pub consensus: Arc<Consensus>,
+    pub lessor: Arc<crate::lease::Lessor>,
+}
+
+fn lease_answer(state: crate::lease::LeaseState) -> LeaseAnswer {
+    match state {
+        crate::lease::LeaseState::Live(ttl) => LeaseAnswer { found: true, ttl },
+        crate::lease::LeaseState::Unknown => LeaseAnswer {
+            found: false,
+            ttl: 0,
+        },
+    }
 }
 
 impl PeerService {
@@ -106,6 +117,30 @@ impl Peer for PeerService {
             .await
             .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
         Ok(Response::new(ChangeMembershipResponse {}))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseQuery>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        self.require_member(&request)?;
+        let state = self
+            .lessor
+            .keep_alive_here(request.get_ref().id)
+            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        Ok(Response::new(lease_answer(state)))
+    }
+
+    async fn lease_remaining(
+        &self,
+        request: Request<LeaseQuery>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        self.require_member(&request)?;
+        let state = self
+            .lessor
+            .remaining_here(request.get_ref().id)
+            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        Ok(Response::new(lease_answer(state)))
     }
 
     async fn campaign(

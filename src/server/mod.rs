@@ -186,9 +186,12 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         ensure_join_token(&consensus, &store, ca.cert_pem()).await?;
     }
     let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
+    let lessor = crate::lease::Lessor::new(consensus.clone(), store.clone());
+    let expiry = tokio::spawn(lessor.clone().run());
     let context = Arc::new(ApiContext {
         store: store.clone(),
         consensus: consensus.clone(),
+        lessor: lessor.clone(),
         member: MemberInfo {
             cluster_id: config.cluster_id()?,
             member_id,
@@ -226,11 +229,13 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         .add_service(services.maintenance)
         .add_service(services.cluster)
         .add_service(services.watch)
+        .add_service(services.lease)
         .add_service(services.admin);
     let peer_router = tonic::transport::Server::builder()
         .add_service(
             PeerServer::new(PeerService {
                 consensus: consensus.clone(),
+                lessor,
             })
             .max_decoding_message_size(usize::MAX),
         )
@@ -279,6 +284,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     };
     tracing::info!("stopped serving; stopping consensus");
     promoter.abort();
+    expiry.abort();
     consensus.shutdown().await;
     result?;
     println!("bulwark: stopped");
