@@ -130,12 +130,12 @@ impl Lease for LeaseService {
         let revision = self.0.current_revision()?;
         let lease = self.0.store.lease(request.id).map_err(ApiError::from)?;
         let response = match (remaining, lease) {
-            (LeaseState::Live(ttl), Some((granted, keys))) => LeaseTimeToLiveResponse {
+            (LeaseState::Live(ttl), Some(lease)) => LeaseTimeToLiveResponse {
                 header: self.0.header(revision),
                 id: request.id,
                 ttl,
-                granted_ttl: granted,
-                keys: if request.keys { keys } else { Vec::new() },
+                granted_ttl: lease.ttl,
+                keys: if request.keys { lease.keys } else { Vec::new() },
             },
             // Unknown or already expired: etcd answers TTL -1.
             _ => LeaseTimeToLiveResponse {

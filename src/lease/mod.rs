@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::mvcc::{MvccError, Store};
+use crate::mvcc::{LeaseInfo, MvccError, Store};
 use crate::proto::bulwarkpb::{command, LeaseQuery, LeaseRevoke};
 use crate::raft::{Consensus, ProposeError};
 
@@ -115,7 +115,8 @@ impl Lessor {
         if !self.consensus.is_leader() {
             return Err(ProposeError::NoLeader);
         }
-        let Some((ttl, _)) = self.store.lease(id).map_err(ProposeError::Rejected)? else {
+        let Some(LeaseInfo { ttl, .. }) = self.store.lease(id).map_err(ProposeError::Rejected)?
+        else {
             return Ok(LeaseState::Unknown);
         };
         let deadline = Instant::now() + Duration::from_secs(ttl as u64);
@@ -147,7 +148,8 @@ impl Lessor {
         if !self.consensus.is_leader() {
             return Err(ProposeError::NoLeader);
         }
-        let Some((ttl, _)) = self.store.lease(id).map_err(ProposeError::Rejected)? else {
+        let Some(LeaseInfo { ttl, .. }) = self.store.lease(id).map_err(ProposeError::Rejected)?
+        else {
             return Ok(LeaseState::Unknown);
         };
         let now = Instant::now();

@@ -126,6 +126,14 @@ pub struct StoreStatus {
     pub compact_revision: i64,
 }
 
+/// A lease as the replicated state knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Granted TTL, seconds.
+    pub ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -221,7 +229,7 @@ impl Store {
     }
 
     /// A lease's granted TTL and attached keys, if it exists.
-    pub fn lease(&self, id: i64) -> Result<Option<(i64, Vec<Vec<u8>>)>, MvccError> {
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, MvccError> {
         let txn = self.db.begin_read()?;
         let Some(ttl) = txn.open_table(LEASES)?.get(id)? else {
             return Ok(None);
@@ -237,7 +245,7 @@ impl Store {
             }
             keys.push(key.to_vec());
         }
-        Ok(Some((ttl, keys)))
+        Ok(Some(LeaseInfo { ttl, keys }))
     }
 
     /// A cluster setting stored by a `set_setting` command.

@@ -604,8 +604,8 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     f.put("c", "unleased");
     // Re-putting without the lease detaches the key.
     f.put("b", "detached");
-    let (ttl, attached) = f.store.lease(7).unwrap().unwrap();
-    assert_eq!((ttl, attached), (60, vec![b"a".to_vec()]));
+    let lease = f.store.lease(7).unwrap().unwrap();
+    assert_eq!((lease.ttl, lease.keys), (60, vec![b"a".to_vec()]));
     let before = f.revision();
     f.apply(command::Kind::LeaseRevoke(LeaseRevoke { id: 7 }))
         .unwrap();
