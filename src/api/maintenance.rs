@@ -1,6 +1,5 @@
-//! etcd's `Maintenance` service: what `etcdctl endpoint status|health|alarm` need. Calls that
-//! belong to later capabilities (defragment, hashes, snapshots) answer
-//! `Unimplemented` with a clear message.
+//! etcd's `Maintenance` service: status, alarms, hashes, snapshots, leadership transfer.
+//! Defragment and downgrade answer `Unimplemented` with a clear message.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +14,22 @@ use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 
 pub struct MaintenanceService(pub(super) Arc<ApiContext>);
+
+/// Bytes per `Snapshot` response message.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+
+/// Feeds written bytes to a CRC-32.
+struct Crc32Writer(crc32fast::Hasher);
+
+impl std::io::Write for Crc32Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 pub(super) fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
     Err(ApiError::Unsupported(what).into())
@@ -66,14 +81,37 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        unsupported("Hash")
+        let store = self.0.store.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let mut hasher = Crc32Writer(crc32fast::Hasher::new());
+            store
+                .write_snapshot(&mut hasher)
+                .map(|_| hasher.0.finalize())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(HashResponse {
+            header: self.0.header(self.0.current_revision()?),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _request: Request<HashKvRequest>,
+        request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        unsupported("HashKV")
+        let (hash, compact_revision, hash_revision) = self
+            .0
+            .store
+            .hash_kv(request.get_ref().revision)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.0.header(self.0.current_revision()?),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream =
@@ -83,7 +121,31 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        unsupported("Snapshot")
+        // One consistent read of the whole store, then sent in chunks; the snapshot format ends
+        // with its own sha256 (see `mvcc::snapshot`), which `bulwark snapshot restore` checks.
+        let store = self.0.store.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            store.write_snapshot(&mut bytes).map(|_| bytes)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let header = self.0.header(self.0.current_revision()?);
+        let total = bytes.len();
+        let chunks: Vec<Result<SnapshotResponse, Status>> = bytes
+            .chunks(SNAPSHOT_CHUNK)
+            .scan(0usize, |sent, chunk| {
+                *sent += chunk.len();
+                Some(Ok(SnapshotResponse {
+                    header,
+                    remaining_bytes: (total - *sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: ETCD_VERSION.to_string(),
+                }))
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn move_leader(

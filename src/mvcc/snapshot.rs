@@ -6,7 +6,9 @@
 //! "BWSNAP01"                                   magic and version
 //! { table: u8, key_len: u32, key, value_len: u32, value }*   one record per table row
 //! 0xFF                                         end of records
-//! sha256 of everything before it (32 bytes)    so a truncated or corrupt file is refused
+//! zero bytes up to a multiple of 512            etcd's snapshot framing: etcdctl takes a
+//!                                              stream whose length is 32 mod 512 to end in
+//! sha256 of everything before it (32 bytes)    a checksum; a truncated or corrupt file is refused
 //! ```
 //! Invariant: a restore either installs every row of a snapshot whose checksum matches, or
 //! changes nothing.
@@ -47,12 +49,14 @@ pub enum SnapshotError {
 struct Hashing<W> {
     out: W,
     digest: Sha256,
+    written: usize,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let written = self.out.write(buf)?;
         self.digest.update(&buf[..written]);
+        self.written += written;
         Ok(written)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -77,6 +81,7 @@ impl Store {
         let mut out = Hashing {
             out,
             digest: Sha256::new(),
+            written: 0,
         };
         out.write_all(MAGIC)?;
         let mut dump_bytes = |table: u8, definition: TableDefinition<&[u8], &[u8]>| {
@@ -171,6 +176,8 @@ impl Store {
             write_record(&mut out, TABLE_LEASE_KEYS, &id.to_be_bytes(), key)?;
         }
         out.write_all(&[END])?;
+        let written = out.written;
+        out.write_all(&vec![0; (512 - written % 512) % 512])?;
         let digest = out.digest.finalize();
         out.out.write_all(&digest)?;
         out.out.flush()?;
@@ -282,7 +289,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, SnapshotError> {
     loop {
         let (&table, after) = rest.split_first().ok_or_else(truncated)?;
         if table == END {
-            if !after.is_empty() {
+            if after.iter().any(|&byte| byte != 0) {
                 return Err(SnapshotError::Corrupt("data after the end marker".into()));
             }
             return Ok(records);
