@@ -41,6 +41,12 @@ pub struct ConnectArgs {
     format: Format,
 }
 
+impl ConnectArgs {
+    pub(super) fn format(&self) -> Format {
+        self.format
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GetArgs {
     key: String,
@@ -123,7 +129,7 @@ pub struct DelArgs {
     connect: ConnectArgs,
 }
 
-fn parse_lease(text: &str) -> Result<i64, String> {
+pub(super) fn parse_lease(text: &str) -> Result<i64, String> {
     u64::from_str_radix(text.trim_start_matches("0x"), 16)
         .map(|id| id as i64)
         .map_err(|_| format!("{text:?} is not a hexadecimal lease id"))
@@ -131,7 +137,7 @@ fn parse_lease(text: &str) -> Result<i64, String> {
 
 /// etcdctl's key and range end for KEY [RANGE_END] with `--prefix` / `--from-key`; an empty
 /// key with either means every key (`\0` to `\0`), as etcdctl sends it.
-fn key_range(
+pub(super) fn key_range(
     key: &str,
     explicit: Option<&String>,
     prefix: bool,
@@ -253,7 +259,7 @@ pub async fn token(args: TokenArgs) -> Result<(), String> {
     }
 }
 
-async fn with_timeout<T>(
+pub(super) async fn with_timeout<T>(
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
@@ -320,7 +326,7 @@ async fn connect(args: &ConnectArgs) -> Result<KvClient<Channel>, String> {
     Ok(KvClient::new(channel(args).await?))
 }
 
-async fn channel(args: &ConnectArgs) -> Result<Channel, String> {
+pub(super) async fn channel(args: &ConnectArgs) -> Result<Channel, String> {
     let target = target(args)?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&target.ca_cert)?))

@@ -3,6 +3,7 @@
 //! server logic.
 
 mod client;
+mod coordination;
 mod output;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ enum Command {
     Del(client::DelArgs),
     /// Join tokens.
     Token(client::TokenArgs),
+    /// Print changes to a key or range as they happen (from --rev to replay history).
+    Watch(coordination::WatchArgs),
+    /// Leases: grant, revoke, keep-alive, ttl, list.
+    Lease(coordination::LeaseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +216,8 @@ pub fn main() -> ExitCode {
             Command::Put(args) => client::put(args).await,
             Command::Del(args) => client::del(args).await,
             Command::Token(args) => client::token(args).await,
+            Command::Watch(args) => coordination::watch(args).await,
+            Command::Lease(args) => coordination::lease(args).await,
         }
     });
     match result {

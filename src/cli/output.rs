@@ -7,7 +7,11 @@ use base64::Engine;
 use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
-use crate::proto::etcdserverpb::{DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader};
+use crate::proto::etcdserverpb::{
+    DeleteRangeResponse, LeaseGrantResponse, PutResponse, RangeResponse, ResponseHeader,
+    WatchResponse,
+};
+use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::KeyValue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +97,64 @@ pub fn print_delete(format: Format, response: &DeleteRangeResponse) {
             }
         }
     }
+}
+
+/// One watch response: etcdctl's simple lines (PUT/DELETE, key, value), a JSON line per
+/// response, or the simple lines for a table (a stream has no table).
+pub fn print_watch(format: Format, response: &WatchResponse) {
+    if format == Format::Json {
+        let mut object = Map::new();
+        insert_header(&mut object, &response.header);
+        let events: Vec<Value> = response
+            .events
+            .iter()
+            .map(|event| {
+                let mut fields = Map::new();
+                if event.r#type != 0 {
+                    fields.insert("type".into(), json!(event.r#type));
+                }
+                if let Some(kv) = &event.kv {
+                    fields.insert("kv".into(), kv_json(kv));
+                }
+                if let Some(prev) = &event.prev_kv {
+                    fields.insert("prev_kv".into(), kv_json(prev));
+                }
+                Value::Object(fields)
+            })
+            .collect();
+        object.insert("events".into(), Value::Array(events));
+        println!("{}", Value::Object(object));
+        return;
+    }
+    for event in &response.events {
+        let kind = match EventType::try_from(event.r#type) {
+            Ok(EventType::Delete) => "DELETE",
+            _ => "PUT",
+        };
+        println!("{kind}");
+        if let Some(kv) = &event.kv {
+            println!("{}", String::from_utf8_lossy(&kv.key));
+            println!("{}", String::from_utf8_lossy(&kv.value));
+        }
+        if let Some(prev) = &event.prev_kv {
+            println!("{}", String::from_utf8_lossy(&prev.key));
+            println!("{}", String::from_utf8_lossy(&prev.value));
+        }
+    }
+}
+
+/// etcdctl's JSON for a lease grant.
+pub fn lease_grant_json(response: &LeaseGrantResponse) -> Value {
+    let header = response.header.unwrap_or_default();
+    json!({
+        "cluster_id": header.cluster_id,
+        "member_id": header.member_id,
+        "revision": header.revision,
+        "raft_term": header.raft_term,
+        "ID": response.id,
+        "TTL": response.ttl,
+        "Error": response.error,
+    })
 }
 
 fn print_simple(kvs: &[KeyValue]) {

@@ -1,0 +1,191 @@
+//! Client commands for watches and leases: `bulwark watch`, `bulwark lease ...`.
+
+use clap::{Args, Subcommand};
+use tokio_stream::StreamExt;
+
+use super::client::{channel, key_range, with_timeout, ConnectArgs};
+use super::output::{self, Format};
+use crate::proto::etcdserverpb::lease_client::LeaseClient;
+use crate::proto::etcdserverpb::watch_client::WatchClient;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
+    LeaseTimeToLiveRequest, WatchCreateRequest, WatchRequest,
+};
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    key: String,
+    /// End of the range [KEY, RANGE_END).
+    range_end: Option<String>,
+    /// Every key starting with KEY.
+    #[arg(long, conflicts_with = "range_end")]
+    prefix: bool,
+    /// Start from this revision (replays history from it).
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    /// Also print each key's previous value.
+    #[arg(long)]
+    prev_kv: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Prints events until the server cancels the watch or the command is interrupted.
+pub async fn watch(args: WatchArgs) -> Result<(), String> {
+    let (key, range_end) = key_range(&args.key, args.range_end.as_ref(), args.prefix, false);
+    let mut client = WatchClient::new(channel(&args.connect).await?);
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key,
+            range_end,
+            start_revision: args.rev,
+            prev_kv: args.prev_kv,
+            ..Default::default()
+        })),
+    };
+    // Keep the request stream open: closing it would end the watch.
+    let requests = futures::stream::iter(vec![create]).chain(futures::stream::pending());
+    let mut responses = client
+        .watch(requests)
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    while let Some(response) = responses.next().await {
+        let response = response.map_err(|status| status.message().to_string())?;
+        if response.canceled {
+            let reason = if response.compact_revision != 0 {
+                format!(
+                    "required revision has been compacted (compacted to {})",
+                    response.compact_revision
+                )
+            } else {
+                response.cancel_reason
+            };
+            return Err(format!("watch canceled: {reason}"));
+        }
+        output::print_watch(args.connect.format(), &response);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    #[command(subcommand)]
+    action: LeaseAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseAction {
+    /// Create a lease with a TTL in seconds.
+    Grant {
+        ttl: i64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// End a lease; its keys are deleted.
+    Revoke {
+        #[arg(value_parser = super::client::parse_lease)]
+        id: i64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Keep a lease alive until interrupted (or once with --once).
+    KeepAlive {
+        #[arg(value_parser = super::client::parse_lease)]
+        id: i64,
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// A lease's remaining TTL (and its keys with --keys).
+    Ttl {
+        #[arg(value_parser = super::client::parse_lease)]
+        id: i64,
+        #[arg(long)]
+        keys: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Every lease.
+    List {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn lease(args: LeaseArgs) -> Result<(), String> {
+    match args.action {
+        LeaseAction::Grant { ttl, connect } => {
+            let mut client = LeaseClient::new(channel(&connect).await?);
+            let response =
+                with_timeout(client.lease_grant(LeaseGrantRequest { ttl, id: 0 })).await?;
+            match connect.format() {
+                Format::Json => println!("{}", output::lease_grant_json(&response)),
+                _ => println!(
+                    "lease {:016x} granted with TTL({}s)",
+                    response.id, response.ttl
+                ),
+            }
+        }
+        LeaseAction::Revoke { id, connect } => {
+            let mut client = LeaseClient::new(channel(&connect).await?);
+            with_timeout(client.lease_revoke(LeaseRevokeRequest { id })).await?;
+            println!("lease {id:016x} revoked");
+        }
+        LeaseAction::KeepAlive { id, once, connect } => {
+            let mut client = LeaseClient::new(channel(&connect).await?);
+            let interval = std::time::Duration::from_secs(1);
+            let requests = futures::stream::unfold(true, move |first| async move {
+                if !first {
+                    tokio::time::sleep(interval).await;
+                }
+                Some((LeaseKeepAliveRequest { id }, false))
+            });
+            let mut responses = client
+                .lease_keep_alive(requests)
+                .await
+                .map_err(|status| status.message().to_string())?
+                .into_inner();
+            while let Some(response) = responses.next().await {
+                let response = response.map_err(|status| status.message().to_string())?;
+                if response.ttl <= 0 {
+                    return Err(format!("lease {id:016x} expired or revoked"));
+                }
+                println!("lease {id:016x} keepalived with TTL({})", response.ttl);
+                if once {
+                    break;
+                }
+            }
+        }
+        LeaseAction::Ttl { id, keys, connect } => {
+            let mut client = LeaseClient::new(channel(&connect).await?);
+            let response =
+                with_timeout(client.lease_time_to_live(LeaseTimeToLiveRequest { id, keys }))
+                    .await?;
+            if response.ttl == -1 {
+                println!("lease {id:016x} already expired");
+            } else {
+                let keys: Vec<String> = response
+                    .keys
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                println!(
+                    "lease {id:016x} granted with TTL({}s), remaining({}s), attached keys({:?})",
+                    response.granted_ttl, response.ttl, keys
+                );
+            }
+        }
+        LeaseAction::List { connect } => {
+            let mut client = LeaseClient::new(channel(&connect).await?);
+            let response = with_timeout(client.lease_leases(LeaseLeasesRequest {})).await?;
+            println!("found {} leases", response.leases.len());
+            for lease in response.leases {
+                println!("{:016x}", lease.id);
+            }
+        }
+    }
+    Ok(())
+}
