@@ -3,7 +3,12 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let includes = ["proto/etcd", "proto/bulwark"];
-    let files = ["etcdserverpb/rpc.proto", "command.proto", "peer.proto"];
+    let files = [
+        "etcdserverpb/rpc.proto",
+        "v3lockpb/v3lock.proto",
+        "command.proto",
+        "peer.proto",
+    ];
     let descriptors = protox::compile(files, includes)?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -15,6 +15,10 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
 pub mod bulwarkpb {
     tonic::include_proto!("bulwarkpb");
 }

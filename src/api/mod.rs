@@ -13,6 +13,7 @@ mod cluster;
 pub mod error;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 pub mod validate;
 mod watch;
@@ -32,6 +33,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft::Consensus;
 use error::{ApiError, EtcdCodes};
 
@@ -115,6 +117,7 @@ pub struct Services {
     pub cluster: EtcdCodes<ClusterServer<cluster::ClusterService>>,
     pub watch: EtcdCodes<WatchServer<watch::WatchService>>,
     pub lease: EtcdCodes<LeaseServer<lease::LeaseService>>,
+    pub lock: EtcdCodes<LockServer<lock::LockService>>,
     pub admin: AdminServer<admin::AdminService>,
 }
 
@@ -144,6 +147,10 @@ pub fn services(context: Arc<ApiContext>) -> Services {
         ),
         lease: EtcdCodes(
             LeaseServer::new(lease::LeaseService(context.clone()))
+                .max_decoding_message_size(max_message),
+        ),
+        lock: EtcdCodes(
+            LockServer::new(lock::LockService(context.clone()))
                 .max_decoding_message_size(max_message),
         ),
         admin: AdminServer::new(admin::AdminService(context)),
