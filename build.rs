@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "etcdserverpb/rpc.proto",
         "v3lockpb/v3lock.proto",
+        "v3electionpb/v3election.proto",
         "command.proto",
         "peer.proto",
     ];

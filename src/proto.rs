@@ -19,6 +19,10 @@ pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
 
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 pub mod bulwarkpb {
     tonic::include_proto!("bulwarkpb");
 }

@@ -10,11 +10,13 @@
 
 pub mod admin;
 mod cluster;
+mod election;
 pub mod error;
 mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod recipes;
 pub mod validate;
 mod watch;
 
@@ -33,6 +35,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft::Consensus;
 use error::{ApiError, EtcdCodes};
@@ -118,6 +121,7 @@ pub struct Services {
     pub watch: EtcdCodes<WatchServer<watch::WatchService>>,
     pub lease: EtcdCodes<LeaseServer<lease::LeaseService>>,
     pub lock: EtcdCodes<LockServer<lock::LockService>>,
+    pub election: EtcdCodes<ElectionServer<election::ElectionService>>,
     pub admin: AdminServer<admin::AdminService>,
 }
 
@@ -151,6 +155,10 @@ pub fn services(context: Arc<ApiContext>) -> Services {
         ),
         lock: EtcdCodes(
             LockServer::new(lock::LockService(context.clone()))
+                .max_decoding_message_size(max_message),
+        ),
+        election: EtcdCodes(
+            ElectionServer::new(election::ElectionService(context.clone()))
                 .max_decoding_message_size(max_message),
         ),
         admin: AdminServer::new(admin::AdminService(context)),

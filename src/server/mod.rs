@@ -231,6 +231,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         .add_service(services.watch)
         .add_service(services.lease)
         .add_service(services.lock)
+        .add_service(services.election)
         .add_service(services.admin);
     let peer_router = tonic::transport::Server::builder()
         .add_service(
