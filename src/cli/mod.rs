@@ -5,6 +5,7 @@
 mod client;
 mod coordination;
 mod output;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,8 @@ enum Command {
     Watch(coordination::WatchArgs),
     /// Leases: grant, revoke, keep-alive, ttl, list.
     Lease(coordination::LeaseArgs),
+    /// Snapshots: save one from a member, restore one into a new cluster.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +221,7 @@ pub fn main() -> ExitCode {
             Command::Token(args) => client::token(args).await,
             Command::Watch(args) => coordination::watch(args).await,
             Command::Lease(args) => coordination::lease(args).await,
+            Command::Snapshot(args) => snapshot::snapshot(args).await,
         }
     });
     match result {

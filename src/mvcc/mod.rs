@@ -36,7 +36,7 @@ mod result;
 mod snapshot;
 
 pub use result::{decode_result, encode_result};
-pub use snapshot::SnapshotError;
+pub use snapshot::{verify_snapshot, SnapshotError};
 
 use std::path::{Path, PathBuf};
 

@@ -267,6 +267,27 @@ impl Store {
     }
 }
 
+/// Checks a snapshot whole (magic, checksum, record framing) without restoring it.
+pub fn verify_snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
+    parse(bytes).map(|_| ())
+}
+
+impl Store {
+    /// Drops what ties the store to the cluster it came from: the Raft position and membership,
+    /// and the join tokens (they pin the old CA). Used when a snapshot seeds a new cluster.
+    pub fn forget_cluster(&self) -> Result<(), MvccError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.delete_table(CONSENSUS)?;
+            txn.open_table(CONSENSUS)?;
+            let mut settings = txn.open_table(SETTINGS)?;
+            settings.retain(|name, _| !name.starts_with("join-token/"))?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
 /// One row of a snapshot: table tag, key, value.
 type Record<'a> = (u8, &'a [u8], &'a [u8]);
 

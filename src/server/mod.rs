@@ -55,6 +55,8 @@ pub enum ServerError {
     CertificateExpired(PathBuf),
     #[error("store: {0}")]
     Store(#[from] MvccError),
+    #[error("snapshot {path}: {1}; nothing was restored", path = .0.display())]
+    BadSnapshot(PathBuf, String),
     #[error("raft log: {0}")]
     Log(#[from] redb::Error),
     #[error("consensus: {0}")]
@@ -82,6 +84,54 @@ pub struct ServeOptions {
 /// Creates a new one-member cluster in `dir`: a root CA, this member's certificate and the admin
 /// identity. Refuses a directory that holds a member or anything else.
 pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
+    create_cluster(dir, options, None, |_| Ok(()))
+}
+
+/// Prepares `dir` as a new one-member cluster holding the keys of the snapshot at `snapshot`
+/// (written by `etcdctl snapshot save` or `bulwark snapshot save` from a Bulwark member): the
+/// recovery path when a quorum is lost for good. With `keep_ca_from` (an old member's data
+/// directory) the new cluster keeps the old CA, so existing client identities keep working;
+/// otherwise it gets a new CA and admin identity. The snapshot is checked whole (checksum) before
+/// anything is written.
+pub fn restore(
+    snapshot: &Path,
+    dir: &Path,
+    options: &InitOptions,
+    keep_ca_from: Option<&Path>,
+) -> Result<DataDir, ServerError> {
+    let bytes = std::fs::read(snapshot).map_err(|e| ServerError::io(snapshot, e))?;
+    crate::mvcc::verify_snapshot(&bytes)
+        .map_err(|e| ServerError::BadSnapshot(snapshot.to_path_buf(), e.to_string()))?;
+    let ca = match keep_ca_from {
+        Some(old) => {
+            let old = DataDir::new(old);
+            Some(ClusterCa::from_pem(
+                &read(&old.ca_cert())?,
+                &read(&old.ca_key())?,
+            )?)
+        }
+        None => None,
+    };
+    create_cluster(dir, options, ca, |data| {
+        let store = Store::open(&data.mvcc_db())?;
+        store
+            .restore_snapshot(bytes.as_slice())
+            .map_err(|e| ServerError::BadSnapshot(snapshot.to_path_buf(), e.to_string()))?;
+        // The old cluster's Raft position, membership and join tokens do not carry over: the
+        // first start bootstraps a new one-member group and issues new tokens.
+        store.forget_cluster()?;
+        Ok(())
+    })
+}
+
+/// Creates a new one-member cluster's directory: CA (new, or `ca`), member certificate, admin
+/// identity, whatever `prepare_state` writes, and `member.toml` last.
+fn create_cluster(
+    dir: &Path,
+    options: &InitOptions,
+    ca: Option<ClusterCa>,
+    prepare_state: impl FnOnce(&DataDir) -> Result<(), ServerError>,
+) -> Result<DataDir, ServerError> {
     let data = DataDir::new(dir);
     if data.holds_member() {
         return Err(ServerError::AlreadyMember(data.root().to_path_buf()));
@@ -91,9 +141,12 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
     }
     let hosts = options.addresses.hosts()?;
 
-    let cluster_id = random_id();
+    let ca = match ca {
+        Some(ca) => ca,
+        None => ClusterCa::generate(random_id())?,
+    };
+    let cluster_id = ca.cluster_id();
     let member_id = random_id();
-    let ca = ClusterCa::generate(cluster_id)?;
     let member = ca.issue_member(&options.name, &hosts, MEMBER_CERT_TTL)?;
     let admin = ca.issue_client(ADMIN_NAME, ADMIN_CERT_TTL)?;
 
@@ -109,6 +162,7 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
     write_public(&data.admin_ca_cert(), ca.cert_pem())?;
     write_public(&data.admin_cert(), &admin.cert_pem)?;
     write_private(&data.admin_key(), &admin.key_pem)?;
+    prepare_state(&data)?;
     for dir in [data.pki(), data.admin(), data.root().to_path_buf()] {
         datadir::sync_dir(&dir)?;
     }
