@@ -189,3 +189,75 @@ pub async fn lease(args: LeaseArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The lock's name.
+    name: String,
+    /// Seconds the lock outlives this process if it dies without releasing it.
+    #[arg(long, default_value_t = 60)]
+    ttl: i64,
+    /// A command to run while holding the lock; without one, hold it until interrupted.
+    #[arg(last = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Takes the lock (waiting for it), then runs the command or waits for Ctrl-C, keeping the
+/// lock's lease alive, and releases the lock at the end.
+pub async fn lock(args: LockArgs) -> Result<(), String> {
+    use crate::proto::v3lockpb::lock_client::LockClient;
+    use crate::proto::v3lockpb::{LockRequest, UnlockRequest};
+
+    let channel = channel(&args.connect).await?;
+    let mut leases = LeaseClient::new(channel.clone());
+    let lease = with_timeout(leases.lease_grant(LeaseGrantRequest {
+        ttl: args.ttl,
+        id: 0,
+    }))
+    .await?
+    .id;
+    // Keep the lease alive in the background for as long as the lock is wanted.
+    let keep_alive = tokio::spawn(async move {
+        let requests = futures::stream::unfold((), move |()| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Some((LeaseKeepAliveRequest { id: lease }, ()))
+        });
+        if let Ok(response) = leases.lease_keep_alive(requests).await {
+            let mut responses = response.into_inner();
+            while let Some(Ok(_)) = responses.next().await {}
+        }
+    });
+    let mut locks = LockClient::new(channel.clone());
+    let held = locks
+        .lock(LockRequest {
+            name: args.name.into_bytes(),
+            lease,
+        })
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    let outcome = if args.command.is_empty() {
+        println!("{}", String::from_utf8_lossy(&held.key));
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("waiting for Ctrl-C: {e}"))
+    } else {
+        let status = tokio::process::Command::new(&args.command[0])
+            .args(&args.command[1..])
+            .status()
+            .await
+            .map_err(|e| format!("{}: {e}", args.command[0]))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{} exited with {status}", args.command[0]))
+        }
+    };
+    let _ = locks.unlock(UnlockRequest { key: held.key }).await;
+    keep_alive.abort();
+    let mut leases = LeaseClient::new(channel);
+    let _ = leases.lease_revoke(LeaseRevokeRequest { id: lease }).await;
+    outcome
+}

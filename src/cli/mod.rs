@@ -51,6 +51,8 @@ enum Command {
     Lease(coordination::LeaseArgs),
     /// Snapshots: save one from a member, restore one into a new cluster.
     Snapshot(snapshot::SnapshotArgs),
+    /// Hold a distributed lock while a command runs (`bulwark lock NAME -- COMMAND ...`).
+    Lock(coordination::LockArgs),
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +224,7 @@ pub fn main() -> ExitCode {
             Command::Watch(args) => coordination::watch(args).await,
             Command::Lease(args) => coordination::lease(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args).await,
+            Command::Lock(args) => coordination::lock(args).await,
         }
     });
     match result {
