@@ -134,7 +134,8 @@ impl Cluster for ClusterService {
         if !node.cert_serial.is_empty() {
             let deny = command::Kind::SetSetting(Setting {
                 name: deny_setting(&node.cert_serial),
-                value: node.name.clone().into_bytes(),
+                // Never empty: an empty value would remove the entry.
+                value: format!("member {}", node.name).into_bytes(),
             });
             match self.0.propose(deny).await? {
                 CommandResponse::SettingStored => {}

@@ -48,6 +48,8 @@ pub enum ApiError {
     NotLeader,
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
     #[error("bad leader transferee")]
     BadTransferee,
     #[error("{0} is not supported by this member yet")]
@@ -104,6 +106,7 @@ impl ApiError {
             | ApiError::MembershipRefused(_) => etcd(Code::FailedPrecondition, &self.to_string()),
             ApiError::BadPeerUrl(_) => etcd(Code::InvalidArgument, &self.to_string()),
             ApiError::LeaseTtlTooLarge => etcd(Code::OutOfRange, &self.to_string()),
+            ApiError::NoSpace => etcd(Code::ResourceExhausted, &self.to_string()),
             ApiError::NotLeader | ApiError::BadTransferee => {
                 etcd(Code::FailedPrecondition, &self.to_string())
             }

@@ -41,14 +41,61 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        let action = AlarmAction::try_from(request.get_ref().action).unwrap_or(AlarmAction::Get);
-        if action == AlarmAction::Activate {
-            return unsupported("raising alarms");
+        let request = request.into_inner();
+        let action = AlarmAction::try_from(request.action).unwrap_or(AlarmAction::Get);
+        let kind = AlarmType::try_from(request.alarm).unwrap_or(AlarmType::None);
+        let listed = |context: &ApiContext| -> Result<Vec<AlarmMember>, ApiError> {
+            Ok(context
+                .store
+                .settings_with_prefix(super::ALARM_PREFIX)?
+                .into_iter()
+                .filter_map(|(name, _)| {
+                    let rest = name.strip_prefix(super::ALARM_PREFIX)?;
+                    let (alarm, member) = rest.split_once('/')?;
+                    Some(AlarmMember {
+                        member_id: u64::from_str_radix(member, 16).ok()?,
+                        alarm: AlarmType::from_str_name(alarm)? as i32,
+                    })
+                })
+                .collect())
+        };
+        let before = listed(&self.0)?;
+        match action {
+            AlarmAction::Get => {}
+            AlarmAction::Activate | AlarmAction::Deactivate => {
+                if kind == AlarmType::None {
+                    return Err(Status::invalid_argument("an alarm type is required"));
+                }
+                let value = if action == AlarmAction::Activate {
+                    kind.as_str_name().as_bytes().to_vec()
+                } else {
+                    Vec::new() // an empty value removes the alarm
+                };
+                let setting = crate::proto::bulwarkpb::Setting {
+                    name: format!(
+                        "{}{}/{:016x}",
+                        super::ALARM_PREFIX,
+                        kind.as_str_name(),
+                        request.member_id
+                    ),
+                    value,
+                };
+                self.0
+                    .propose(crate::proto::bulwarkpb::command::Kind::SetSetting(setting))
+                    .await?;
+            }
         }
-        // No alarm is ever raised yet, so listing and disarming both find none.
+        // etcd answers a change with the alarms it touched, a GET with all of them.
+        let alarms = match action {
+            AlarmAction::Get => before,
+            _ => vec![AlarmMember {
+                member_id: request.member_id,
+                alarm: kind as i32,
+            }],
+        };
         Ok(Response::new(AlarmResponse {
             header: self.0.header(self.0.current_revision()?),
-            alarms: Vec::new(),
+            alarms,
         }))
     }
 

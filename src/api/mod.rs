@@ -61,6 +61,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// How often idle watchers that asked for it get a progress notification.
     pub watch_progress_interval: std::time::Duration,
+    /// Above this database size the NOSPACE alarm is raised (etcd's `--quota-backend-bytes`).
+    pub quota_backend_bytes: u64,
 }
 
 impl Default for Limits {
@@ -69,6 +71,7 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             watch_progress_interval: std::time::Duration::from_secs(600),
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -104,12 +107,70 @@ impl ApiContext {
     }
 
     async fn propose(&self, kind: command::Kind) -> Result<CommandResponse, ApiError> {
+        if needs_space(&kind) {
+            self.check_space().await?;
+        }
         let command = Command { kind: Some(kind) };
         if command.encoded_len() > self.limits.max_request_bytes {
             return Err(ApiError::RequestTooLarge);
         }
         let kind = command.kind.expect("set above");
         Ok(self.consensus.propose(kind).await?)
+    }
+}
+
+/// Settings-name prefix of raised alarms: `alarm/<type>/<member id hex>`.
+pub const ALARM_PREFIX: &str = "alarm/";
+
+fn nospace_alarm(member_id: u64) -> String {
+    format!("{ALARM_PREFIX}NOSPACE/{member_id:016x}")
+}
+
+/// Whether a command can grow the database (etcd's quota applies to puts and lease grants;
+/// deletes, compaction and revokes free space and always pass).
+fn needs_space(kind: &command::Kind) -> bool {
+    fn txn_puts(txn: &crate::proto::etcdserverpb::TxnRequest) -> bool {
+        txn.success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| match &op.request {
+                Some(crate::proto::etcdserverpb::request_op::Request::RequestPut(_)) => true,
+                Some(crate::proto::etcdserverpb::request_op::Request::RequestTxn(nested)) => {
+                    txn_puts(nested)
+                }
+                _ => false,
+            })
+    }
+    match kind {
+        command::Kind::Put(_) | command::Kind::LeaseGrant(_) => true,
+        command::Kind::Txn(txn) => txn_puts(txn),
+        _ => false,
+    }
+}
+
+impl ApiContext {
+    /// Refuses a growing write while a NOSPACE alarm is raised, and raises it (for every member,
+    /// through consensus) when this member's database is over the quota.
+    async fn check_space(&self) -> Result<(), ApiError> {
+        let raised = self
+            .store
+            .settings_with_prefix(&format!("{ALARM_PREFIX}NOSPACE/"))?;
+        if !raised.is_empty() {
+            return Err(ApiError::NoSpace);
+        }
+        if self.store.file_size() > self.limits.quota_backend_bytes {
+            tracing::warn!(
+                quota = self.limits.quota_backend_bytes,
+                "database over its quota: raising the NOSPACE alarm"
+            );
+            let alarm = command::Kind::SetSetting(crate::proto::bulwarkpb::Setting {
+                name: nospace_alarm(self.member.member_id),
+                value: b"NOSPACE".to_vec(),
+            });
+            self.consensus.propose(alarm).await?;
+            return Err(ApiError::NoSpace);
+        }
+        Ok(())
     }
 }
 

@@ -136,6 +136,9 @@ struct LimitArgs {
     /// Seconds between progress notifications to idle watchers that asked for them.
     #[arg(long, default_value_t = Limits::default().watch_progress_interval.as_secs())]
     watch_progress_notify_interval: u64,
+    /// Database size that raises the NOSPACE alarm (bytes; etcd's default is 2 GiB).
+    #[arg(long, default_value_t = Limits::default().quota_backend_bytes)]
+    quota_backend_bytes: u64,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = RaftTimings::default().heartbeat_ms)]
     heartbeat_interval: u64,
@@ -156,6 +159,7 @@ impl LimitArgs {
                 watch_progress_interval: std::time::Duration::from_secs(
                     self.watch_progress_notify_interval.max(1),
                 ),
+                quota_backend_bytes: self.quota_backend_bytes,
             },
             timings: RaftTimings {
                 heartbeat_ms: self.heartbeat_interval,

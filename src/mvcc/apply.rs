@@ -116,8 +116,13 @@ impl<'txn> ApplyState<'txn> {
                 CommandResponse::LeaseRevoke(self.revoke_lease(&mut writing, revoke.id)?)
             }
             Some(Kind::SetSetting(setting)) => {
-                self.settings
-                    .insert(setting.name.as_str(), setting.value.as_slice())?;
+                // An empty value removes the setting.
+                if setting.value.is_empty() {
+                    self.settings.remove(setting.name.as_str())?;
+                } else {
+                    self.settings
+                        .insert(setting.name.as_str(), setting.value.as_slice())?;
+                }
                 CommandResponse::SettingStored
             }
             None => return Err(MvccError::Corrupt("command without a kind".into())),

@@ -248,6 +248,21 @@ impl Store {
         Ok(Some(LeaseInfo { ttl, keys }))
     }
 
+    /// Every cluster setting whose name starts with `prefix`.
+    pub fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SETTINGS)?;
+        let mut found = Vec::new();
+        for row in table.range(prefix..)? {
+            let (name, value) = row?;
+            if !name.value().starts_with(prefix) {
+                break;
+            }
+            found.push((name.value().to_string(), value.value().to_vec()));
+        }
+        Ok(found)
+    }
+
     /// A cluster setting stored by a `set_setting` command.
     pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
         let txn = self.db.begin_read()?;
