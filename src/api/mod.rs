@@ -205,7 +205,8 @@ pub fn services(context: Arc<ApiContext>) -> Services {
                 context: context.clone(),
                 settings: crate::watch::WatchSettings {
                     progress_interval: context.limits.watch_progress_interval,
-                    max_response_bytes: context.limits.max_request_bytes,
+                    // etcd fragments only what would exceed what a client accepts.
+                    max_response_bytes: context.limits.max_request_bytes + GRPC_OVERHEAD_BYTES,
                 },
             })
             .max_decoding_message_size(max_message),

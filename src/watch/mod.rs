@@ -76,6 +76,7 @@ pub fn serve_stream(
         responses,
         watchers: BTreeMap::new(),
         next_id: 0,
+        progress_requested: false,
     };
     tokio::spawn(session.run(requests));
     ReceiverStream::new(stream)
@@ -88,6 +89,8 @@ struct Session {
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// A progress request arrived while some watcher was behind: answer once all are synced.
+    progress_requested: bool,
 }
 
 /// The client went away: nothing more to do for this stream.
@@ -98,18 +101,30 @@ impl Session {
         let mut committed = self.store.subscribe();
         let mut progress = tokio::time::interval(self.settings.progress_interval);
         progress.tick().await; // the first tick is immediate
+                               // A client may close its side once its watches are created (one-shot clients, the
+                               // gateway); its watches keep delivering until it closes the response stream.
+        let mut requests_open = true;
         loop {
             let current = *committed.borrow_and_update();
             let behind = match self.deliver(current).await {
                 Ok(behind) => behind,
                 Err(Closed) => return,
             };
+            if !behind && self.progress_requested {
+                self.progress_requested = false;
+                if self.send_stream_progress(current).await.is_err() {
+                    return;
+                }
+            }
             let step = tokio::select! {
                 biased;
-                request = requests.message() => match request {
+                request = requests.message(), if requests_open => match request {
                     Ok(Some(request)) => self.handle(request, current).await,
-                    // The client closed its side, or the stream broke.
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => {
+                        requests_open = false;
+                        Ok(())
+                    }
+                    Err(_) => return, // the stream broke
                 },
                 _ = self.responses.closed() => return,
                 changed = committed.changed(), if !behind => match changed {
@@ -225,42 +240,47 @@ impl Session {
                 Ok(())
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                // etcd 3.5: one notification for the stream, when every watcher is synced.
+                // etcd 3.5: one notification for the stream, once every watcher is synced.
                 if self.watchers.values().all(|w| w.next > current) {
-                    self.send(WatchResponse {
-                        header: (self.header)(current),
-                        watch_id: STREAM_WATCH_ID,
-                        ..Default::default()
-                    })
-                    .await?;
+                    self.send_stream_progress(current).await
+                } else {
+                    self.progress_requested = true;
+                    Ok(())
                 }
-                Ok(())
             }
             None => Ok(()),
         }
     }
 
     async fn create(&mut self, create: WatchCreateRequest, current: i64) -> Result<(), Closed> {
+        let range = KeyRange::new(&create.key, &create.range_end);
+        if let KeyRange::Span {
+            start,
+            end: Some(end),
+        } = &range
+        {
+            if start >= end {
+                return self.refuse(current, "mvcc: watcher range is empty").await;
+            }
+        }
         let id = if create.watch_id != 0 {
             if self.watchers.contains_key(&create.watch_id) {
                 return self
-                    .send(WatchResponse {
-                        header: (self.header)(current),
-                        watch_id: create.watch_id,
-                        created: true,
-                        canceled: true,
-                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream"
-                            .into(),
-                        ..Default::default()
-                    })
+                    .refuse(
+                        current,
+                        "mvcc: duplicate watch ID provided on the WatchStream",
+                    )
                     .await;
             }
             create.watch_id
         } else {
+            // Like etcd's, the counter only grows: a canceled id is not handed out again.
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            let id = self.next_id;
+            self.next_id += 1;
+            id
         };
         let filters: Vec<_> = create
             .filters
@@ -270,7 +290,7 @@ impl Session {
         self.watchers.insert(
             id,
             Watcher {
-                range: KeyRange::new(&create.key, &create.range_end),
+                range,
                 next: if create.start_revision > 0 {
                     create.start_revision
                 } else {
@@ -288,6 +308,28 @@ impl Session {
             header: (self.header)(current),
             watch_id: id,
             created: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn send_stream_progress(&self, current: i64) -> Result<(), Closed> {
+        self.send(WatchResponse {
+            header: (self.header)(current),
+            watch_id: STREAM_WATCH_ID,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A refused create: etcd answers created + canceled with the stream-level id.
+    async fn refuse(&self, current: i64, reason: &str) -> Result<(), Closed> {
+        self.send(WatchResponse {
+            header: (self.header)(current),
+            watch_id: STREAM_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
             ..Default::default()
         })
         .await
