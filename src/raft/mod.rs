@@ -28,7 +28,9 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError,
+};
 use openraft::{Config, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +88,8 @@ openraft::declare_raft_types!(
 
 /// How long a client request may wait for consensus before answering `request timed out`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long a follower keeps looking for a reachable leader before answering `no leader`.
+const FORWARD_WAIT: Duration = Duration::from_secs(5);
 /// A learner this close to the leader's log is caught up enough to vote.
 const PROMOTE_LAG: u64 = 16;
 /// How long to wait for a leader to appear before answering `no leader`.
@@ -136,6 +140,12 @@ impl Default for RaftTimings {
     }
 }
 
+/// openraft's AppendEntries timeout: half the minimum election timeout, and never less than the
+/// heartbeat interval.
+fn rpc_timeout_ms(timings: &RaftTimings) -> u64 {
+    (timings.election_min_ms / 2).max(timings.heartbeat_ms)
+}
+
 /// The running consensus of this member.
 pub struct Consensus {
     pub raft: Raft<TypeConfig>,
@@ -156,7 +166,11 @@ impl Consensus {
     ) -> Result<Self, ProposeError> {
         let config = Config {
             cluster_name: "bulwark".into(),
-            heartbeat_interval: timings.heartbeat_ms,
+            // openraft 0.9 also uses this as every AppendEntries' timeout, so a link whose
+            // round trip (plus the follower's fsync) exceeds it would never get an entry
+            // acknowledged. It is set as long as the election timeout allows; the heartbeat
+            // cadence users asked for comes from `send_heartbeats`.
+            heartbeat_interval: rpc_timeout_ms(timings),
             election_timeout_min: timings.election_min_ms,
             election_timeout_max: timings.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timings.snapshot_every),
@@ -213,20 +227,33 @@ impl Consensus {
     ) -> Result<Vec<u8>, ProposeError> {
         let attempt = async {
             let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+            let forward_deadline = tokio::time::Instant::now() + FORWARD_WAIT;
             loop {
                 match self.raft.client_write(Request(command.clone())).await {
                     Ok(response) => return Ok(response.data.0),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                         match self.leader_node(&forward) {
                             Some(leader) if may_forward => {
-                                return network::forward_proposal(
+                                match network::forward_proposal(
                                     &self.tls,
                                     &leader,
                                     command.clone(),
                                     REQUEST_TIMEOUT,
                                 )
                                 .await
-                                .map_err(status_to_error);
+                                {
+                                    Ok(result) => return Ok(result),
+                                    // The leader it knew is gone (or has none yet): the write
+                                    // never reached a leader, so waiting for the next one is
+                                    // safe.
+                                    Err(status) if never_delivered(&status) => {
+                                        if tokio::time::Instant::now() >= forward_deadline {
+                                            return Err(ProposeError::NoLeader);
+                                        }
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                    }
+                                    Err(status) => return Err(status_to_error(status)),
+                                }
                             }
                             Some(_) => return Err(ProposeError::LeaderChanged),
                             None if tokio::time::Instant::now() < deadline => {
@@ -263,15 +290,23 @@ impl Consensus {
     /// On the leader: the log index a linearizable read must see applied (confirmed by a quorum).
     pub async fn leader_read_index(&self) -> Result<u64, ProposeError> {
         let check = async {
-            match self.raft.ensure_linearizable().await {
-                Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                    Err(ProposeError::LeaderChanged)
+            let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+            loop {
+                match self.raft.ensure_linearizable().await {
+                    Ok(read_log_id) => return Ok(read_log_id.map_or(0, |id| id.index)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                        return Err(ProposeError::LeaderChanged)
+                    }
+                    // Not enough acknowledgements within one RPC timeout (slow links, a busy
+                    // follower): confirming leadership again is harmless, so try until the
+                    // deadline.
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                        if tokio::time::Instant::now() < deadline => {}
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        return Err(ProposeError::NoLeader)
+                    }
+                    Err(RaftError::Fatal(_)) => return Err(ProposeError::Stopped),
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                    Err(ProposeError::NoLeader)
-                }
-                Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
             }
         };
         tokio::time::timeout(REQUEST_TIMEOUT, check)
@@ -283,6 +318,7 @@ impl Consensus {
     /// is applied here.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let forward_deadline = tokio::time::Instant::now() + FORWARD_WAIT;
         let index = loop {
             match self.leader_read_index().await {
                 Ok(index) => break index,
@@ -301,9 +337,20 @@ impl Consensus {
             };
             match self.leader_node(&forward) {
                 Some(node) => {
-                    break network::fetch_read_index(&self.tls, &node, REQUEST_TIMEOUT)
-                        .await
-                        .map_err(status_to_error)?
+                    match network::fetch_read_index(&self.tls, &node, REQUEST_TIMEOUT).await {
+                        Ok(index) => break index,
+                        // Reads are safe to retry: look for the next leader.
+                        Err(status)
+                            if never_delivered(&status)
+                                && tokio::time::Instant::now() < forward_deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(status) if never_delivered(&status) => {
+                            return Err(ProposeError::NoLeader)
+                        }
+                        Err(status) => return Err(status_to_error(status)),
+                    }
                 }
                 None if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await
@@ -340,14 +387,24 @@ impl Consensus {
     }
 
     /// Adds a learner (on the leader); it starts receiving the log at once.
+    /// Waits out a membership change still in progress (e.g. a joiner's promotion) instead of
+    /// failing.
     pub async fn add_learner(&self, id: NodeId, node: MemberNode) -> Result<(), ProposeError> {
-        match self.raft.add_learner(id, node, false).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ProposeError::LeaderChanged)
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.raft.add_learner(id, node.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(ProposeError::LeaderChanged)
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(RaftError::APIError(e)) => return Err(ProposeError::Membership(e.to_string())),
+                Err(RaftError::Fatal(_)) => return Err(ProposeError::Stopped),
             }
-            Err(RaftError::APIError(e)) => Err(ProposeError::Peer(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
         }
     }
 
@@ -359,7 +416,16 @@ impl Consensus {
         may_forward: bool,
     ) -> Result<(), ProposeError> {
         let attempt = async {
-            match self.raft.change_membership(changes.clone(), false).await {
+            let mut result = self.raft.change_membership(changes.clone(), false).await;
+            // Another change still in progress (a joiner's promotion, say): wait it out.
+            while let Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) = result
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                result = self.raft.change_membership(changes.clone(), false).await;
+            }
+            match result {
                 Ok(_) => Ok(()),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     match self.leader_node(&forward) {
@@ -447,6 +513,20 @@ impl Consensus {
         self.tls.client(&address).ok()
     }
 
+    /// While this member leads, sends heartbeats every `--heartbeat-interval` (openraft's own
+    /// interval is stretched to serve as the RPC timeout). Runs until the member stops.
+    pub async fn send_heartbeats(self: Arc<Self>) {
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(self.timings.heartbeat_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.is_leader() && self.raft.trigger().heartbeat().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The peer address of the current leader, if known.
     pub fn leader_peer_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -522,6 +602,16 @@ fn matched_index(metrics: &openraft::RaftMetrics<NodeId, MemberNode>, id: NodeId
         .as_ref()
         .and_then(|progress| progress.get(&id).cloned().flatten())
         .map_or(0, |log_id| log_id.index)
+}
+
+/// Whether a failed forward certainly never reached a leader: the connection was refused, or
+/// the member asked had no leader itself. (A timeout or a dropped answer may have been applied,
+/// and is not retried.)
+fn never_delivered(status: &tonic::Status) -> bool {
+    let message = status.message();
+    message.contains("Connection refused")
+        || message.contains("tcp connect error")
+        || message.ends_with("no leader")
 }
 
 /// Maps a peer's gRPC answer back to the error the leader reported.

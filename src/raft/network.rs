@@ -51,23 +51,34 @@ pub fn tls_channel(address: &str, tls: Arc<rustls::ClientConfig>) -> Channel {
     }))
 }
 
-/// How this member reaches its peers: the cluster CA and its own member certificate.
+/// How this member reaches its peers: the cluster CA and its own member certificate, and one
+/// multiplexed channel per peer address, reused by every caller (a new TLS connection per RPC
+/// would cost several round trips each time).
 #[derive(Clone)]
 pub struct PeerTls {
     tls: Arc<rustls::ClientConfig>,
+    channels: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl PeerTls {
     pub fn new(ca_cert_pem: &str, identity: &CertifiedKey) -> Result<Self, PkiError> {
         Ok(PeerTls {
             tls: pki::client_tls_config(ca_cert_pem, identity)?,
+            channels: Arc::default(),
         })
     }
 
-    /// A client for the member at `peer_addr` (HOST:PORT); connects on first use.
+    /// A client for the member at `peer_addr` (HOST:PORT); connects on first use and
+    /// reconnects by itself when the connection breaks.
     pub fn client(&self, peer_addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-        Ok(PeerClient::new(tls_channel(peer_addr, self.tls.clone()))
-            .max_decoding_message_size(usize::MAX))
+        let channel = self
+            .channels
+            .lock()
+            .expect("peer channels lock")
+            .entry(peer_addr.to_string())
+            .or_insert_with(|| tls_channel(peer_addr, self.tls.clone()))
+            .clone();
+        Ok(PeerClient::new(channel).max_decoding_message_size(usize::MAX))
     }
 }
 

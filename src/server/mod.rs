@@ -240,6 +240,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         ensure_join_token(&consensus, &store, ca.cert_pem()).await?;
     }
     let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
+    let heartbeats = tokio::spawn(consensus.clone().send_heartbeats());
     let lessor = crate::lease::Lessor::new(consensus.clone(), store.clone());
     let expiry = tokio::spawn(lessor.clone().run());
     let context = Arc::new(ApiContext {
@@ -340,6 +341,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     };
     tracing::info!("stopped serving; stopping consensus");
     promoter.abort();
+    heartbeats.abort();
     expiry.abort();
     consensus.shutdown().await;
     result?;
