@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::client::{connect, tls_options};
 use common::raw::{
-    client_config, connection_start, identity_config, tls_connect, write_then_read_to_end, H2,
-    SETTINGS,
+    assert_raw_tls_refused, client_config, connection_start, identity_config, tls_connect,
+    write_then_read_to_end, H2, SETTINGS,
 };
 use common::{Cluster, Etcdctl, TlsFiles};
 use etcd_client::{Certificate, Client, ConnectOptions, TlsOptions};
@@ -29,27 +29,6 @@ async fn bounded<T>(future: impl std::future::Future<Output = T>) -> Result<T, (
 fn assert_absent(admin: &Etcdctl, key: &str) {
     let output = admin.run(&["get", key, "--print-value-only"]);
     assert_eq!(output.assert_success().stdout, "", "{key} must not exist");
-}
-
-/// A raw TLS client presenting `config`'s identity (or none) must not get to speak HTTP/2: the
-/// handshake fails, or the server ends the connection before sending any application data.
-async fn assert_raw_tls_refused(
-    addr: std::net::SocketAddr,
-    config: std::sync::Arc<rustls::ClientConfig>,
-) {
-    match tls_connect(addr, config).await {
-        Err(_) => {} // refused during the handshake
-        Ok(mut stream) => {
-            // TLS 1.3: the client finishes its half of the handshake before the server checks
-            // the client certificate, so the refusal arrives as an alert on the first read.
-            let reaction = write_then_read_to_end(&mut stream, &connection_start()).await;
-            assert!(
-                reaction.bytes.is_empty(),
-                "the server sent application data to a refused client: {:?}",
-                reaction.bytes
-            );
-        }
-    }
 }
 
 #[tokio::test]

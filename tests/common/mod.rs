@@ -5,8 +5,13 @@
 //! # Layout
 //!
 //! - this file: free ports, running a command under a deadline ([`run_bounded`]), [`Member`] (one
-//!   `bulwark` process, its data directory and logs) and [`Cluster`] (a temporary directory
-//!   holding N members; today N = 1, `bulwark join` will add the others).
+//!   `bulwark` process made by `init` or `join`, its data directory and logs).
+//! - `cluster.rs`: [`Cluster`], a temporary directory holding N members (one, or 3 to 5 joined
+//!   with the manager token), their status (leader, learners, convergence) and faults: kill -9,
+//!   restart, SIGSTOP/SIGCONT, and network faults through `proxy.rs`.
+//! - `proxy.rs`: [`proxy::Network`], a fault-injecting TCP proxy in front of every peer port
+//!   (members advertise it with `--advertise-peer`): pass, drop, blackhole or delay each
+//!   direction between two members.
 //! - `etcdctl.rs`: [`Etcdctl`], etcdctl 3.4 with a member's endpoint and TLS flags.
 //! - `client.rs`: connected `etcd_client::Client`s and gRPC error assertions.
 //! - `raw.rs`: raw TLS connections and hand-made HTTP/2 frames, for handshake and hostile-input
@@ -25,8 +30,10 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod etcdctl;
 pub mod json;
+pub mod proxy;
 pub mod raw;
 
 use std::collections::BTreeSet;
@@ -35,9 +42,14 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Each test binary uses a different part of the harness.
+#[allow(unused_imports)]
+pub use cluster::{Cluster, ClusterOptions};
+#[allow(unused_imports)]
 pub use etcdctl::Etcdctl;
 
 /// The binary under test, built by cargo for this test run.
@@ -55,6 +67,11 @@ const POLL: Duration = Duration::from_millis(25);
 /// How many fresh port pairs `init` tries when the server cannot bind (another process took a
 /// port between our probe and its bind).
 const BIND_ATTEMPTS: usize = 5;
+
+/// Raft timings of cluster tests (`--heartbeat-interval`, `--election-timeout`, ms): a lost
+/// leader is replaced quickly, and a loaded machine still keeps a leader.
+pub const FAST_HEARTBEAT_MS: u64 = 50;
+pub const FAST_ELECTION_TIMEOUT_MS: u64 = 500;
 
 /// The line a member prints once it is ready, followed by its client URL.
 pub const SERVING_PREFIX: &str = "bulwark: serving clients on ";
@@ -236,6 +253,12 @@ pub struct MemberOptions {
     pub name: Option<String>,
     pub max_request_bytes: Option<usize>,
     pub max_txn_ops: Option<usize>,
+    /// `--heartbeat-interval` and `--election-timeout`, in milliseconds.
+    pub raft_timings: Option<(u64, u64)>,
+    /// `--snapshot-count`.
+    pub snapshot_count: Option<u64>,
+    /// `BULWARK_LOG` (a tracing filter), e.g. to see openraft's own info lines.
+    pub log_filter: Option<String>,
 }
 
 impl MemberOptions {
@@ -251,14 +274,43 @@ impl MemberOptions {
         self.max_txn_ops = Some(ops);
         self
     }
+    /// Raft heartbeat interval and election timeout, in milliseconds.
+    pub fn raft_timings(mut self, heartbeat_ms: u64, election_timeout_ms: u64) -> Self {
+        self.raft_timings = Some((heartbeat_ms, election_timeout_ms));
+        self
+    }
+    /// Short Raft timings for cluster tests: a lost leader is replaced within a second or two.
+    pub fn fast_raft(self) -> Self {
+        self.raft_timings(FAST_HEARTBEAT_MS, FAST_ELECTION_TIMEOUT_MS)
+    }
+    pub fn snapshot_count(mut self, entries: u64) -> Self {
+        self.snapshot_count = Some(entries);
+        self
+    }
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = Some(filter.to_string());
+        self
+    }
 
-    fn limit_args(&self) -> Vec<String> {
+    /// The flags `init`, `join` and `serve` all take.
+    fn serve_args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if let Some(bytes) = self.max_request_bytes {
             args.extend(["--max-request-bytes".to_string(), bytes.to_string()]);
         }
         if let Some(ops) = self.max_txn_ops {
             args.extend(["--max-txn-ops".to_string(), ops.to_string()]);
+        }
+        if let Some((heartbeat, election)) = self.raft_timings {
+            args.extend([
+                "--heartbeat-interval".to_string(),
+                heartbeat.to_string(),
+                "--election-timeout".to_string(),
+                election.to_string(),
+            ]);
+        }
+        if let Some(entries) = self.snapshot_count {
+            args.extend(["--snapshot-count".to_string(), entries.to_string()]);
         }
         args
     }
@@ -273,6 +325,17 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// A member's own identity: its member certificate and key, and the cluster CA, from
+    /// `DIR/pki/` (what it presents to other members on their peer ports).
+    pub fn member_of(data_dir: &Path) -> TlsFiles {
+        let pki = data_dir.join("pki");
+        TlsFiles {
+            ca: pki.join("ca.crt"),
+            cert: pki.join("member.crt"),
+            key: pki.join("member.key"),
+        }
+    }
+
     /// The admin identity `bulwark init` writes into `DIR/admin/`.
     pub fn admin_of(data_dir: &Path) -> TlsFiles {
         let admin = data_dir.join("admin");
@@ -290,6 +353,29 @@ enum StartError {
     Failed(String),
 }
 
+/// How a new member comes to be: a new cluster, or a join through a member's peer port.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// `bulwark init`.
+    Init,
+    /// `bulwark join --token TOKEN --peer PEER`; `admin` is the cluster's admin identity (a
+    /// joined member has none of its own).
+    Join {
+        token: String,
+        peer: SocketAddr,
+        admin: TlsFiles,
+    },
+}
+
+/// Where a new member's peer listener is and what it tells other members to dial.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerAddress {
+    /// `--listen-peer`; a fresh port (chosen again on a bind failure) when `None`.
+    pub listen: Option<SocketAddr>,
+    /// `--advertise-peer`, e.g. a proxy in front of the listener.
+    pub advertise: Option<SocketAddr>,
+}
+
 /// One `bulwark` member: its data directory, its addresses, its current process (if running)
 /// and the logs of every process it has run. Dropping it SIGKILLs the process.
 pub struct Member {
@@ -298,8 +384,16 @@ pub struct Member {
     log_dir: PathBuf,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
+    advertise_peer: Option<SocketAddr>,
+    /// The identity clients of this member use: its own `admin/` after `init`, the cluster's
+    /// after `join`.
+    admin: TlsFiles,
+    joined: bool,
     options: MemberOptions,
     process: Option<Child>,
+    /// The running process's id (0 when none), shared with the peer proxy, which recognises the
+    /// member's connections by it.
+    pid: Arc<AtomicU32>,
     /// How many processes this member has run; names the log files.
     runs: u32,
     stdout_path: PathBuf,
@@ -310,6 +404,29 @@ impl Member {
     /// `bulwark init` a new one-member cluster in `data_dir` (empty or missing) on fresh loopback
     /// ports, and waits until it serves. Panics, with the logs, if it does not.
     pub fn init(data_dir: &Path, options: MemberOptions) -> Member {
+        Member::create(data_dir, options, &Origin::Init, PeerAddress::default())
+    }
+
+    /// `bulwark init` or `bulwark join` a new member in `data_dir` (empty or missing) on fresh
+    /// loopback client (and, unless given, peer) ports, and waits until it serves. Panics, with
+    /// the logs, if it does not (a refused join included: see [`Member::try_create`]).
+    pub fn create(
+        data_dir: &Path,
+        options: MemberOptions,
+        origin: &Origin,
+        peer: PeerAddress,
+    ) -> Member {
+        Member::try_create(data_dir, options, origin, peer).unwrap_or_else(|text| panic!("{text}"))
+    }
+
+    /// [`Member::create`], returning what the process printed if it exits or hangs before it
+    /// serves (e.g. a refused join).
+    pub fn try_create(
+        data_dir: &Path,
+        options: MemberOptions,
+        origin: &Origin,
+        peer: PeerAddress,
+    ) -> Result<Member, String> {
         let name = options.name.clone().unwrap_or_else(|| "m0".to_string());
         let log_dir = log_dir_of(data_dir);
         fs::create_dir_all(&log_dir).expect("creating the log directory");
@@ -319,20 +436,37 @@ impl Member {
                 // The refused attempt may have written a member before failing to bind.
                 let _ = fs::remove_dir_all(data_dir);
             }
+            let (admin, joined) = match origin {
+                Origin::Init => (TlsFiles::admin_of(data_dir), false),
+                Origin::Join { admin, .. } => (admin.clone(), true),
+            };
             let mut member = Member {
                 name: name.clone(),
                 data_dir: data_dir.to_path_buf(),
                 log_dir: log_dir.clone(),
                 client_addr: loopback(free_port()),
-                peer_addr: loopback(free_port()),
+                peer_addr: peer.listen.unwrap_or_else(|| loopback(free_port())),
+                advertise_peer: peer.advertise,
+                admin,
+                joined,
                 options: options.clone(),
                 process: None,
-                runs: attempt as u32,
+                pid: Arc::new(AtomicU32::new(0)),
+                runs: runs_logged(&log_dir),
                 stdout_path: PathBuf::new(),
                 stderr_path: PathBuf::new(),
             };
-            let mut args = vec![
-                "init".to_string(),
+            let mut args = match origin {
+                Origin::Init => vec!["init".to_string()],
+                Origin::Join { token, peer, .. } => vec![
+                    "join".to_string(),
+                    "--token".to_string(),
+                    token.clone(),
+                    "--peer".to_string(),
+                    peer.to_string(),
+                ],
+            };
+            args.extend([
                 "--data-dir".to_string(),
                 data_dir.display().to_string(),
                 "--name".to_string(),
@@ -341,21 +475,33 @@ impl Member {
                 member.client_addr.to_string(),
                 "--listen-peer".to_string(),
                 member.peer_addr.to_string(),
-            ];
-            args.extend(options.limit_args());
-            member.spawn(&args, "init");
+            ]);
+            if let Some(advertise) = peer.advertise {
+                args.extend(["--advertise-peer".to_string(), advertise.to_string()]);
+            }
+            args.extend(options.serve_args());
+            let label = if joined { "join" } else { "init" };
+            member.spawn(&args, label);
             match member.wait_ready() {
-                Ok(()) => return member,
-                Err(StartError::AddressInUse(text)) => failures.push(text),
-                Err(StartError::Failed(text)) => {
-                    panic!("member {name} did not start:\n{text}")
+                Ok(()) => return Ok(member),
+                // A join that got as far as binding was admitted: the cluster knows this member
+                // by its recorded addresses now, so only `serve` on them may continue it.
+                Err(StartError::AddressInUse(_))
+                    if joined && member.data_dir.join("member.toml").exists() =>
+                {
+                    member.restart();
+                    return Ok(member);
+                }
+                Err(StartError::AddressInUse(text)) if peer.listen.is_none() => failures.push(text),
+                Err(StartError::AddressInUse(text)) | Err(StartError::Failed(text)) => {
+                    return Err(format!("member {name} did not start:\n{text}"))
                 }
             }
         }
-        panic!(
+        Err(format!(
             "member {name} could not bind free ports in {BIND_ATTEMPTS} attempts:\n{}",
             failures.join("\n")
-        );
+        ))
     }
 
     /// `bulwark serve` the member again (after `kill9`, `terminate` or `interrupt`), on the
@@ -371,7 +517,7 @@ impl Member {
             "--data-dir".to_string(),
             self.data_dir.display().to_string(),
         ];
-        args.extend(self.options.limit_args());
+        args.extend(self.options.serve_args());
         loop {
             self.spawn(&args, "serve");
             match self.wait_ready() {
@@ -404,10 +550,14 @@ impl Member {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        if let Some(filter) = &self.options.log_filter {
+            command.env("BULWARK_LOG", filter);
+        }
         die_with_parent(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BULWARK}: {e}"));
+        self.pid.store(child.id(), Ordering::SeqCst);
         self.process = Some(child);
     }
 
@@ -432,6 +582,7 @@ impl Member {
             let child = self.process.as_mut().expect("a process to wait for");
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.process = None;
+                self.pid.store(0, Ordering::SeqCst);
                 let stderr = read_lossy(&self.stderr_path);
                 let text = format!("exited ({status}) before serving\n{}", self.logs());
                 let lowered = stderr.to_lowercase();
@@ -457,6 +608,7 @@ impl Member {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.pid.store(0, Ordering::SeqCst);
     }
 
     /// SIGTERM and wait for the exit; returns its status. Panics (after SIGKILL) if it does not
@@ -475,6 +627,7 @@ impl Member {
             .process
             .take()
             .unwrap_or_else(|| panic!("member {} is not running", self.name));
+        self.pid.store(0, Ordering::SeqCst);
         // SAFETY: plain kill(2) on the pid of a child we have not reaped yet.
         let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         assert_eq!(sent, 0, "kill({}, {signal}) failed", child.id());
@@ -518,10 +671,17 @@ impl Member {
             Some(Ok(None)) => true,
             Some(_) => {
                 self.process = None;
+                self.pid.store(0, Ordering::SeqCst);
                 false
             }
             None => false,
         }
+    }
+
+    /// Whether the harness started a process it has not stopped (it may have exited on its own
+    /// since; [`Member::is_running`] checks).
+    pub fn has_process(&self) -> bool {
+        self.process.is_some()
     }
 
     pub fn name(&self) -> &str {
@@ -533,28 +693,69 @@ impl Member {
     pub fn client_addr(&self) -> SocketAddr {
         self.client_addr
     }
+    /// The address the peer listener binds.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+    /// The peer address other members dial: the advertised one, else the listener's.
+    pub fn advertised_peer_addr(&self) -> SocketAddr {
+        self.advertise_peer.unwrap_or(self.peer_addr)
+    }
+    /// The running process's id, shared (0 when not running).
+    pub fn pid_handle(&self) -> Arc<AtomicU32> {
+        self.pid.clone()
+    }
+    /// The member id the member printed when it last started (`bulwark: member NAME (ID) of
+    /// cluster ...`); `None` before it has started.
+    pub fn id(&self) -> Option<u64> {
+        self.stdout().lines().find_map(|line| {
+            let rest = line.strip_prefix(&format!("bulwark: member {} (", self.name))?;
+            u64::from_str_radix(rest.split(')').next()?, 16).ok()
+        })
+    }
+    /// The options its next `restart` uses.
+    pub fn options_mut(&mut self) -> &mut MemberOptions {
+        &mut self.options
+    }
+    /// Whether it was made by `bulwark join` (and has no admin identity of its own).
+    pub fn joined(&self) -> bool {
+        self.joined
     }
     /// `https://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("https://{}", self.client_addr)
     }
-    /// The admin identity `init` wrote.
+    /// The admin identity its clients use: the one `init` wrote in its directory, or for a
+    /// joined member the cluster's.
     pub fn admin(&self) -> TlsFiles {
-        TlsFiles::admin_of(&self.data_dir)
+        self.admin.clone()
     }
     /// etcdctl against this member with the admin identity.
     pub fn etcdctl(&self) -> Etcdctl {
         Etcdctl::new(&self.endpoint()).tls(&self.admin())
     }
-    /// `bulwark ARGS --data-dir DIR`: Bulwark's client CLI with this member's admin identity.
+    /// `bulwark ARGS --data-dir DIR`: Bulwark's client CLI with this member's admin identity
+    /// (for a joined member, which has none in its directory, the explicit endpoint and TLS
+    /// flags instead).
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        all.extend([
-            "--data-dir".to_string(),
-            self.data_dir.display().to_string(),
-        ]);
+        if self.joined {
+            all.extend([
+                "--endpoints".to_string(),
+                self.endpoint(),
+                "--cacert".to_string(),
+                self.admin.ca.display().to_string(),
+                "--cert".to_string(),
+                self.admin.cert.display().to_string(),
+                "--key".to_string(),
+                self.admin.key.display().to_string(),
+            ]);
+        } else {
+            all.extend([
+                "--data-dir".to_string(),
+                self.data_dir.display().to_string(),
+            ]);
+        }
         run_bulwark(&all)
     }
     /// What the current (or last) process printed on stdout.
@@ -620,70 +821,23 @@ fn log_dir_of(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(name)
 }
 
+/// How many processes already left logs in `log_dir` (a member re-made in the same directory
+/// keeps the earlier logs, numbered before its own).
+fn runs_logged(log_dir: &Path) -> u32 {
+    fs::read_dir(log_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "stdout"))
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
 fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clusters
-
-/// A temporary directory and the members living in it (`DIR/m0`, `DIR/m1`, ...). Members are
-/// killed before the directory is removed.
-pub struct Cluster {
-    members: Vec<Member>,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Cluster {
-    /// A new one-member cluster (`bulwark init`), serving.
-    pub fn init(options: MemberOptions) -> Cluster {
-        let dir = temp_dir();
-        let name = options.name.clone().unwrap_or_else(|| "m0".to_string());
-        let member = Member::init(&dir.path().join(&name), options);
-        Cluster {
-            members: vec![member],
-            dir: Some(dir),
-        }
-    }
-
-    /// A one-member cluster with default options.
-    pub fn single() -> Cluster {
-        Cluster::init(MemberOptions::default())
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("cluster directory").path()
-    }
-    pub fn member(&self, index: usize) -> &Member {
-        &self.members[index]
-    }
-    pub fn member_mut(&mut self, index: usize) -> &mut Member {
-        &mut self.members[index]
-    }
-    pub fn members(&self) -> &[Member] {
-        &self.members
-    }
-    /// Every member's client URL, comma-separated (etcdctl's `--endpoints`).
-    pub fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(Member::endpoint)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.members.clear();
-        if std::thread::panicking() && std::env::var_os("BULWARK_TEST_KEEP_DIRS").is_some() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("kept the test directory {}", dir.keep().display());
-            }
-        }
-    }
 }
 
 /// A fresh temporary directory for a test's members.

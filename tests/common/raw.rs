@@ -74,6 +74,24 @@ pub async fn tls_connect(
     }
 }
 
+/// A raw TLS client presenting `config`'s identity (or none) must not get to speak HTTP/2: the
+/// handshake fails, or the server ends the connection before sending any application data.
+pub async fn assert_raw_tls_refused(addr: SocketAddr, config: Arc<rustls::ClientConfig>) {
+    match tls_connect(addr, config).await {
+        Err(_) => {} // refused during the handshake
+        Ok(mut stream) => {
+            // TLS 1.3: the client finishes its half of the handshake before the server checks
+            // the client certificate, so the refusal arrives as an alert on the first read.
+            let reaction = write_then_read_to_end(&mut stream, &connection_start()).await;
+            assert!(
+                reaction.bytes.is_empty(),
+                "the server sent application data to a refused client: {:?}",
+                reaction.bytes
+            );
+        }
+    }
+}
+
 /// What the peer did after we wrote something.
 #[derive(Debug)]
 pub struct Reaction {
