@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::mvcc::{LeaseInfo, MvccError, Store};
-use crate::proto::bulwarkpb::{command, LeaseQuery, LeaseRevoke};
+use crate::proto::bulwarkpb::{command, LeaseAnswer, LeaseQuery, LeaseRevoke};
 use crate::raft::{Consensus, ProposeError};
 
 /// How often the leader looks for expired leases.
@@ -96,18 +96,10 @@ impl Lessor {
 
     /// Renews lease `id` for its full TTL, on the leader wherever it is.
     pub async fn keep_alive(&self, id: i64) -> Result<LeaseState, ProposeError> {
-        if let Some(mut leader) = self.consensus.leader_client() {
-            let answer = leader
-                .lease_keep_alive(LeaseQuery { id })
-                .await
-                .map_err(|status| ProposeError::Peer(status.message().to_string()))?
-                .into_inner();
-            return Ok(match answer.found {
-                true => LeaseState::Live(answer.ttl),
-                false => LeaseState::Unknown,
-            });
+        match self.consensus.leader_client() {
+            Some(mut leader) => answer(leader.lease_keep_alive(LeaseQuery { id }).await),
+            None => self.keep_alive_here(id),
         }
-        self.keep_alive_here(id)
     }
 
     /// The leader's side of a keep-alive.
@@ -129,18 +121,10 @@ impl Lessor {
 
     /// Seconds left on lease `id`, from the leader wherever it is.
     pub async fn remaining(&self, id: i64) -> Result<LeaseState, ProposeError> {
-        if let Some(mut leader) = self.consensus.leader_client() {
-            let answer = leader
-                .lease_remaining(LeaseQuery { id })
-                .await
-                .map_err(|status| ProposeError::Peer(status.message().to_string()))?
-                .into_inner();
-            return Ok(match answer.found {
-                true => LeaseState::Live(answer.ttl),
-                false => LeaseState::Unknown,
-            });
+        match self.consensus.leader_client() {
+            Some(mut leader) => answer(leader.lease_remaining(LeaseQuery { id }).await),
+            None => self.remaining_here(id),
         }
-        self.remaining_here(id)
     }
 
     /// The leader's side of a remaining-TTL query.
@@ -163,4 +147,17 @@ impl Lessor {
         let left = deadline.saturating_duration_since(now);
         Ok(LeaseState::Live(left.as_millis().div_ceil(1000) as i64))
     }
+}
+
+/// The leader's answer to a forwarded lease query.
+fn answer(
+    response: Result<tonic::Response<LeaseAnswer>, tonic::Status>,
+) -> Result<LeaseState, ProposeError> {
+    let answer = response
+        .map_err(|status| ProposeError::Peer(status.message().to_string()))?
+        .into_inner();
+    Ok(match answer.found {
+        true => LeaseState::Live(answer.ttl),
+        false => LeaseState::Unknown,
+    })
 }
