@@ -64,6 +64,27 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// Writes every row of one table as records tagged `tag`, encoded by `encode`.
+fn dump<K, V>(
+    txn: &redb::ReadTransaction,
+    out: &mut impl Write,
+    tag: u8,
+    definition: TableDefinition<K, V>,
+    mut encode: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> (Vec<u8>, Vec<u8>),
+) -> Result<(), SnapshotError>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+{
+    let table = txn.open_table(definition).map_err(MvccError::from)?;
+    for row in table.iter().map_err(MvccError::from)? {
+        let (key, value) = row.map_err(MvccError::from)?;
+        let (key, value) = encode(key.value(), value.value());
+        write_record(out, tag, &key, &value)?;
+    }
+    Ok(())
+}
+
 fn write_record(out: &mut impl Write, table: u8, key: &[u8], value: &[u8]) -> std::io::Result<()> {
     out.write_all(&[table])?;
     out.write_all(&(key.len() as u32).to_be_bytes())?;
@@ -84,97 +105,43 @@ impl Store {
             written: 0,
         };
         out.write_all(MAGIC)?;
-        let mut dump_bytes = |table: u8, definition: TableDefinition<&[u8], &[u8]>| {
-            let handle = txn.open_table(definition).map_err(MvccError::from)?;
-            for row in handle.iter().map_err(MvccError::from)? {
-                let (key, value) = row.map_err(MvccError::from)?;
-                write_record(&mut out, table, key.value(), value.value())?;
+        let bytes = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+        dump(&txn, &mut out, TABLE_LATEST, LATEST, bytes)?;
+        dump(&txn, &mut out, TABLE_HISTORY, HISTORY, bytes)?;
+        dump(
+            &txn,
+            &mut out,
+            TABLE_BY_REVISION,
+            BY_REVISION,
+            |(main, sub), key| {
+                let mut encoded = main.to_be_bytes().to_vec();
+                encoded.extend_from_slice(&sub.to_be_bytes());
+                (encoded, key.to_vec())
+            },
+        )?;
+        dump(&txn, &mut out, TABLE_META, META, |name, value| {
+            (name.as_bytes().to_vec(), value.to_be_bytes().to_vec())
+        })?;
+        dump(&txn, &mut out, TABLE_CONSENSUS, CONSENSUS, |name, value| {
+            if name == super::CONSENSUS_APPLIED {
+                position = Some(value.to_vec());
             }
-            Ok::<_, SnapshotError>(())
-        };
-        dump_bytes(TABLE_LATEST, LATEST)?;
-        dump_bytes(TABLE_HISTORY, HISTORY)?;
-        for row in txn
-            .open_table(BY_REVISION)
-            .map_err(MvccError::from)?
-            .iter()
-            .map_err(MvccError::from)?
-        {
-            let (revision, key) = row.map_err(MvccError::from)?;
-            let (main, sub) = revision.value();
-            let mut encoded = main.to_be_bytes().to_vec();
-            encoded.extend_from_slice(&sub.to_be_bytes());
-            write_record(&mut out, TABLE_BY_REVISION, &encoded, key.value())?;
-        }
-        for row in txn
-            .open_table(META)
-            .map_err(MvccError::from)?
-            .iter()
-            .map_err(MvccError::from)?
-        {
-            let (name, value) = row.map_err(MvccError::from)?;
-            write_record(
-                &mut out,
-                TABLE_META,
-                name.value().as_bytes(),
-                &value.value().to_be_bytes(),
-            )?;
-        }
-        for row in txn
-            .open_table(CONSENSUS)
-            .map_err(MvccError::from)?
-            .iter()
-            .map_err(MvccError::from)?
-        {
-            let (name, value) = row.map_err(MvccError::from)?;
-            if name.value() == super::CONSENSUS_APPLIED {
-                position = Some(value.value().to_vec());
-            }
-            write_record(
-                &mut out,
-                TABLE_CONSENSUS,
-                name.value().as_bytes(),
-                value.value(),
-            )?;
-        }
-        for row in txn
-            .open_table(SETTINGS)
-            .map_err(MvccError::from)?
-            .iter()
-            .map_err(MvccError::from)?
-        {
-            let (name, value) = row.map_err(MvccError::from)?;
-            write_record(
-                &mut out,
-                TABLE_SETTINGS,
-                name.value().as_bytes(),
-                value.value(),
-            )?;
-        }
-        for row in txn
-            .open_table(LEASES)
-            .map_err(MvccError::from)?
-            .iter()
-            .map_err(MvccError::from)?
-        {
-            let (id, ttl) = row.map_err(MvccError::from)?;
-            write_record(
-                &mut out,
-                TABLE_LEASES,
-                &id.value().to_be_bytes(),
-                &ttl.value().to_be_bytes(),
-            )?;
-        }
-        for row in txn
-            .open_table(LEASE_KEYS)
-            .map_err(MvccError::from)?
-            .iter()
-            .map_err(MvccError::from)?
-        {
-            let (entry, _) = row.map_err(MvccError::from)?;
-            let (id, key) = entry.value();
-            write_record(&mut out, TABLE_LEASE_KEYS, &id.to_be_bytes(), key)?;
-        }
+            (name.as_bytes().to_vec(), value.to_vec())
+        })?;
+        dump(&txn, &mut out, TABLE_SETTINGS, SETTINGS, |name, value| {
+            (name.as_bytes().to_vec(), value.to_vec())
+        })?;
+        dump(&txn, &mut out, TABLE_LEASES, LEASES, |id, ttl| {
+            (id.to_be_bytes().to_vec(), ttl.to_be_bytes().to_vec())
+        })?;
+        // The lease id is the record's key and the attached user key its value.
+        dump(
+            &txn,
+            &mut out,
+            TABLE_LEASE_KEYS,
+            LEASE_KEYS,
+            |(id, key), ()| (id.to_be_bytes().to_vec(), key.to_vec()),
+        )?;
         out.write_all(&[END])?;
         let written = out.written;
         out.write_all(&vec![0; (512 - written % 512) % 512])?;
