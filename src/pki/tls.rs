@@ -17,27 +17,13 @@ const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 const ALPN_H2: &[u8] = b"h2";
 
-/// The server side of the client port (and of the peer port): presents `identity`, and requires
+/// The server side of the client port: presents `identity`, and requires
 /// every client to present a certificate chaining to `ca_cert_pem` with the clientAuth usage.
 pub fn server_tls_config(
     ca_cert_pem: &str,
     identity: &CertifiedKey,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
-    // The builder requires a client certificate unless `allow_unauthenticated` is called; we
-    // never call it.
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca_cert_pem)?, provider.clone())
-            .build()?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs_from_pem(&identity.cert_pem)?,
-            key_from_pem(&identity.key_pem)?,
-        )?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    server_config(ca_cert_pem, identity, false)
 }
 
 /// The peer port's server side: like [`server_tls_config`], but a client may also connect
@@ -48,11 +34,25 @@ pub fn peer_server_tls_config(
     ca_cert_pem: &str,
     identity: &CertifiedKey,
 ) -> Result<Arc<ServerConfig>, PkiError> {
+    server_config(ca_cert_pem, identity, true)
+}
+
+/// A server config presenting `identity` and verifying client certificates against
+/// `ca_cert_pem`; `allow_anonymous` also lets clients without a certificate finish the handshake.
+fn server_config(
+    ca_cert_pem: &str,
+    identity: &CertifiedKey,
+    allow_anonymous: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca_cert_pem)?, provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+        WebPkiClientVerifier::builder_with_provider(roots(ca_cert_pem)?, provider.clone());
+    // The builder requires a client certificate unless told otherwise.
+    let verifier = if allow_anonymous {
+        verifier.allow_unauthenticated().build()?
+    } else {
+        verifier.build()?
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_client_cert_verifier(verifier)
