@@ -246,3 +246,9 @@ where
         })
     }
 }
+
+impl From<ProposeError> for Status {
+    fn from(error: ProposeError) -> Self {
+        ApiError::from(error).into()
+    }
+}

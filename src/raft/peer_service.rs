@@ -98,11 +98,7 @@ impl Peer for PeerService {
     ) -> Result<Response<ProposeResponse>, Status> {
         self.require_member(&request)?;
         let command = request.into_inner().command;
-        let result = self
-            .consensus
-            .propose_encoded(command, false)
-            .await
-            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        let result = self.consensus.propose_encoded(command, false).await?;
         Ok(Response::new(ProposeResponse { result }))
     }
 
@@ -112,10 +108,7 @@ impl Peer for PeerService {
     ) -> Result<Response<ChangeMembershipResponse>, Status> {
         self.require_member(&request)?;
         let changes = decode(request.get_ref())?;
-        self.consensus
-            .change_membership(changes, false)
-            .await
-            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        self.consensus.change_membership(changes, false).await?;
         Ok(Response::new(ChangeMembershipResponse {}))
     }
 
@@ -124,11 +117,9 @@ impl Peer for PeerService {
         request: Request<LeaseQuery>,
     ) -> Result<Response<LeaseAnswer>, Status> {
         self.require_member(&request)?;
-        let state = self
-            .lessor
-            .keep_alive_here(request.get_ref().id)
-            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
-        Ok(Response::new(lease_answer(state)))
+        Ok(Response::new(lease_answer(
+            self.lessor.keep_alive_here(request.get_ref().id)?,
+        )))
     }
 
     async fn lease_remaining(
@@ -136,11 +127,9 @@ impl Peer for PeerService {
         request: Request<LeaseQuery>,
     ) -> Result<Response<LeaseAnswer>, Status> {
         self.require_member(&request)?;
-        let state = self
-            .lessor
-            .remaining_here(request.get_ref().id)
-            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
-        Ok(Response::new(lease_answer(state)))
+        Ok(Response::new(lease_answer(
+            self.lessor.remaining_here(request.get_ref().id)?,
+        )))
     }
 
     async fn campaign(
@@ -162,11 +151,7 @@ impl Peer for PeerService {
         request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         self.require_member(&request)?;
-        let index = self
-            .consensus
-            .leader_read_index()
-            .await
-            .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+        let index = self.consensus.leader_read_index().await?;
         Ok(Response::new(ReadIndexResponse { index }))
     }
 }

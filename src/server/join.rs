@@ -114,8 +114,7 @@ impl Join for JoinService {
                         ChangeMembers::SetNodes(BTreeMap::from([(*id, node)])),
                         false,
                     )
-                    .await
-                    .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+                    .await?;
                 *id
             }
             Some(_) => {
@@ -125,10 +124,7 @@ impl Join for JoinService {
             }
             None => {
                 let id = random_id();
-                self.consensus
-                    .add_learner(id, node)
-                    .await
-                    .map_err(|e| Status::from(crate::api::error::ApiError::from(e)))?;
+                self.consensus.add_learner(id, node).await?;
                 id
             }
         };
