@@ -92,7 +92,7 @@ impl ApiContext {
             cluster_id: self.member.cluster_id,
             member_id: self.member.member_id,
             revision,
-            raft_term: self.consensus.status().term,
+            raft_term: self.consensus.term(),
         })
     }
 

@@ -366,7 +366,12 @@ impl Consensus {
             .map_err(|_| ProposeError::Timeout)
     }
 
-    /// A summary for `Status` and response headers.
+    /// The current Raft term, for response headers (cheap: no copy of the metrics).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// A summary for `Status` and `MemberList`.
     pub fn status(&self) -> RaftStatus {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
