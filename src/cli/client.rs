@@ -333,18 +333,37 @@ pub(super) async fn channel(args: &ConnectArgs) -> Result<Channel, String> {
         .identity(Identity::from_pem(read(&target.cert)?, read(&target.key)?));
     let mut last_error = String::from("no endpoint given");
     for endpoint in &target.endpoints {
-        let channel = Channel::from_shared(endpoint.clone())
-            .map_err(|e| format!("{endpoint}: {e}"))?
-            .tls_config(tls.clone())
-            .map_err(|e| format!("{endpoint}: {e}"))?
-            .connect_timeout(DIAL_TIMEOUT)
-            .timeout(COMMAND_TIMEOUT);
-        match channel.connect().await {
+        match dial(endpoint, Some(&tls), Some(COMMAND_TIMEOUT)).await {
             Ok(channel) => return Ok(channel),
-            Err(error) => last_error = format!("cannot connect to {endpoint}: {}", chain(&error)),
+            Err(error) => last_error = error,
         }
     }
     Err(last_error)
+}
+
+/// One HTTP/2 connection to `endpoint` (`https://` with `tls`, `http://` without), dialled within
+/// [`DIAL_TIMEOUT`]. `request_timeout` becomes every call's gRPC deadline; long-lived streams
+/// (watches) pass `None`, since a server such as etcd ends a stream at its deadline.
+pub(crate) async fn dial(
+    endpoint: &str,
+    tls: Option<&ClientTlsConfig>,
+    request_timeout: Option<Duration>,
+) -> Result<Channel, String> {
+    let mut channel = Channel::from_shared(endpoint.to_string())
+        .map_err(|e| format!("{endpoint}: {e}"))?
+        .connect_timeout(DIAL_TIMEOUT);
+    if let Some(tls) = tls {
+        channel = channel
+            .tls_config(tls.clone())
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+    }
+    if let Some(timeout) = request_timeout {
+        channel = channel.timeout(timeout);
+    }
+    channel
+        .connect()
+        .await
+        .map_err(|error| format!("cannot connect to {endpoint}: {}", chain(&error)))
 }
 
 /// An error with its causes, on one line.

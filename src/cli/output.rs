@@ -217,10 +217,10 @@ fn kv_json(kv: &KeyValue) -> Value {
 /// A bordered table of key-values, numbers right-aligned.
 fn kv_table(kvs: &[KeyValue]) -> String {
     let headers = ["KEY", "VALUE", "VERSION", "CREATE REV", "MOD REV", "LEASE"];
-    let rows: Vec<[String; 6]> = kvs
+    let rows: Vec<Vec<String>> = kvs
         .iter()
         .map(|kv| {
-            [
+            vec![
                 String::from_utf8_lossy(&kv.key).into_owned(),
                 String::from_utf8_lossy(&kv.value).into_owned(),
                 kv.version.to_string(),
@@ -234,15 +234,26 @@ fn kv_table(kvs: &[KeyValue]) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(|h| h.chars().count());
-    for row in &rows {
+    bordered_table(&headers, &rows, 2)
+}
+
+/// A table with a rule above and below the header and at the end; the cells of columns from
+/// `right_aligned_from` on are right-aligned (numbers), the header always left-aligned. A row
+/// shorter than the header leaves its last cells empty.
+pub(crate) fn bordered_table(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    right_aligned_from: usize,
+) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let rule = {
         let mut line = String::from("+");
-        for width in widths {
+        for width in &widths {
             line.push_str(&"-".repeat(width + 2));
             line.push('+');
         }
@@ -251,8 +262,9 @@ fn kv_table(kvs: &[KeyValue]) -> String {
     };
     let format_row = |cells: &[String], numbers_right: bool| {
         let mut line = String::from("|");
-        for (index, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            if numbers_right && index >= 2 {
+        for (index, width) in widths.iter().copied().enumerate() {
+            let cell = cells.get(index).map_or("", String::as_str);
+            if numbers_right && index >= right_aligned_from {
                 line.push_str(&format!(" {cell:>width$} |"));
             } else {
                 line.push_str(&format!(" {cell:<width$} |"));
@@ -261,10 +273,11 @@ fn kv_table(kvs: &[KeyValue]) -> String {
         line.push('\n');
         line
     };
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
     let mut table = rule.clone();
-    table.push_str(&format_row(&headers.map(String::from), false));
+    table.push_str(&format_row(&header, false));
     table.push_str(&rule);
-    for row in &rows {
+    for row in rows {
         table.push_str(&format_row(row, true));
     }
     table.push_str(&rule);
