@@ -13,6 +13,7 @@
 //! | [`watch`] | watch streams over the MVCC change log |
 //! | [`lease`] | lease expiry on the leader (leases themselves are replicated MVCC state) |
 //! | [`pki`] | the cluster CA, certificates, join tokens, TLS configurations |
+//! | [`bench`] | `bulwark bench`: Bulwark and a real etcd side by side, same client, same machine |
 //!
 //! # A request's path
 //!
@@ -27,6 +28,7 @@
 //! `docs/design.md` has the on-disk formats, fsync points and invariants.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod lease;
 pub mod mvcc;

@@ -1,11 +1,15 @@
 //! The `bulwark` command line: server commands (`init`, `serve`) and client commands (`get`,
-//! `put`, `del`). It parses arguments and calls into `server` or the client code; it holds no
-//! server logic.
+//! `put`, `del`), and `bench`. It parses arguments and calls into `server`, the client code or
+//! `bench`; it holds no server logic.
 
 mod client;
 mod coordination;
 mod output;
 mod snapshot;
+
+// Shared with `bench`, which drives etcd and Bulwark with the same client code.
+pub(crate) use client::dial;
+pub(crate) use output::bordered_table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +57,8 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Hold a distributed lock while a command runs (`bulwark lock NAME -- COMMAND ...`).
     Lock(coordination::LockArgs),
+    /// Benchmark Bulwark against etcd, side by side on this machine (`--quick` for a smoke run).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +235,7 @@ pub fn main() -> ExitCode {
             Command::Lease(args) => coordination::lease(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args).await,
             Command::Lock(args) => coordination::lock(args).await,
+            Command::Bench(args) => crate::bench::main(args).await,
         }
     });
     match result {
