@@ -5,7 +5,8 @@
 # CI (.ci/run) runs exactly this.
 #
 # Needs: etcdctl 3.4 (Debian's `etcd-client` package) to drive members the way operators do,
-# and protoc (`protobuf-compiler`) for the build script of the `etcd-client` test crate.
+# protoc (`protobuf-compiler`) for the build script of the `etcd-client` test crate, and etcd
+# itself (`etcd-server`) for the `bulwark bench` smoke test.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +16,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 missing=()
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 if ((${#missing[@]} > 0)); then
   if [[ $(id -u) -eq 0 ]]; then
     sudo=()
