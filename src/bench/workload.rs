@@ -561,8 +561,13 @@ async fn watcher(
             ..Default::default()
         })),
     };
-    // Keep the request stream open: closing it would end the watch.
-    let requests = futures::stream::iter(vec![create]).chain(futures::stream::pending());
+    // The request stream stays open while this watcher lives (etcd ends a watch when the client
+    // closes its side) and ends when it is dropped: only then does the HTTP/2 stream close
+    // (reset, as the response side is gone too), so no watch outlives its row and keeps its
+    // connection, and a member's clean stop, open.
+    let (_alive, dropped) = tokio::sync::oneshot::channel::<()>();
+    let requests = futures::stream::iter(vec![create])
+        .chain(futures::stream::once(dropped).filter_map(|_| futures::future::ready(None)));
     let mut responses = match client.watch(requests).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
