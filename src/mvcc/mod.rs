@@ -24,7 +24,9 @@
 //!   `KeyValue`.
 //! - `meta.current_revision` is the highest main revision in `history` (or 1 on a new store), and
 //!   the data and the `consensus` position change in the same redb transaction, so a restart
-//!   resumes exactly after the last applied command.
+//!   resumes exactly after the last applied command. Applies are made durable at most
+//!   [`FLUSH_INTERVAL`] late (the Raft log holds everything after the durable position, and is
+//!   purged only behind a snapshot, which [`Store::write_snapshot`] makes durable first).
 //! - Only [`Store::apply`] writes; it is called in log order by the write path.
 
 mod apply;
@@ -39,6 +41,8 @@ pub use result::{decode_result, encode_result};
 pub use snapshot::{verify_snapshot, SnapshotError};
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -58,6 +62,9 @@ pub struct Revision {
 
 /// The revision of a store that has never been written, as etcd's.
 pub const FIRST_REVISION: i64 = 1;
+/// How stale the durable state may be behind the applied one (etcd's backend commits every
+/// 100 ms too); the Raft log covers the difference after a crash.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
 const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
@@ -139,6 +146,8 @@ pub struct Store {
     path: PathBuf,
     /// The newest committed revision, published after every commit (watchers wait on it).
     committed: tokio::sync::watch::Sender<i64>,
+    /// When everything applied was last made durable (see [`Store::apply`]).
+    last_flush: Mutex<Instant>,
 }
 
 impl Store {
@@ -165,6 +174,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             committed: tokio::sync::watch::Sender::new(FIRST_REVISION),
+            last_flush: Mutex::new(Instant::now()),
         };
         store.publish()?;
         Ok(store)
@@ -182,16 +192,26 @@ impl Store {
         self.committed.subscribe()
     }
 
-    /// Applies encoded [`Command`]s in order in one durable redb transaction (one fsync for the
-    /// batch: group commit), and records `consensus` (the caller's log position) with them.
-    /// Returns one result per command; a command that fails changes nothing, and the others still
-    /// apply. An `Err` means nothing of the batch was written.
+    /// Applies encoded [`Command`]s in order in one redb transaction, and records `consensus`
+    /// (the caller's log position) with them. Returns one result per command; a command that
+    /// fails changes nothing, and the others still apply. An `Err` means nothing of the batch was
+    /// written.
+    ///
+    /// The commit is durable only every [`FLUSH_INTERVAL`] (the Raft log is the durable record
+    /// of every applied command, so a crash loses nothing: openraft re-applies the log after the
+    /// durable position); [`Store::flush`] makes everything applied so far durable.
     pub fn apply(
         &self,
         commands: &[&[u8]],
         consensus: &[u8],
     ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        let mut last_flush = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = last_flush.elapsed() >= FLUSH_INTERVAL;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| MvccError::Storage(e.into()))?;
+        }
         let mut results = Vec::with_capacity(commands.len());
         {
             let mut state = apply::ApplyState::open(&txn)?;
@@ -212,8 +232,21 @@ impl Store {
                 .insert(CONSENSUS_APPLIED, consensus)?;
         }
         txn.commit()?;
+        if durable {
+            *last_flush = Instant::now();
+        }
+        drop(last_flush);
         self.publish()?;
         Ok(results)
+    }
+
+    /// Makes every commit so far durable (an empty durable commit: redb persists the
+    /// non-durable commits before it with it).
+    pub fn flush(&self) -> Result<(), MvccError> {
+        let mut last_flush = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
+        self.db.begin_write()?.commit()?;
+        *last_flush = Instant::now();
+        Ok(())
     }
 
     /// Every lease: (id, granted TTL in seconds).
@@ -295,6 +328,15 @@ impl Store {
     /// Size of the database file in bytes.
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Store {
+    /// A clean stop leaves nothing for the next start to re-apply.
+    fn drop(&mut self) {
+        if let Err(error) = self.flush() {
+            tracing::warn!("could not flush the store on close: {error}");
+        }
     }
 }
 

@@ -99,6 +99,9 @@ impl Store {
     pub fn write_snapshot(&self, out: impl Write) -> Result<Option<Vec<u8>>, SnapshotError> {
         let mut position = None;
         let txn = self.db.begin_read().map_err(MvccError::from)?;
+        // Raft purges its log behind a snapshot's position, so the store must not lose what the
+        // snapshot holds: everything this read sees is made durable before it is dumped.
+        self.flush()?;
         let mut out = Hashing {
             out,
             digest: Sha256::new(),

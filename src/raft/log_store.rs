@@ -4,8 +4,9 @@
 //! `last_purged` -> bincode values.
 //!
 //! Invariants:
-//! - an append, a vote or a truncation is fsynced (redb `Durability::Immediate`) before openraft is
-//!   told it happened: an acknowledged entry is on disk;
+//! - an append, a vote, a truncation or a purge is fsynced (redb `Durability::Immediate`) before
+//!   openraft is told it happened: an acknowledged entry is on disk. The committed index is not
+//!   (openraft may lose it), it is persisted by the next fsync;
 //! - entries are contiguous from `last_purged + 1` to the last index.
 
 use std::fmt::Debug;
@@ -18,7 +19,7 @@ use openraft::{
     AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
     Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{NodeId, TypeConfig};
 
@@ -65,14 +66,16 @@ impl LogStore {
         }
     }
 
-    /// Runs `write` in one durable write transaction, off the async threads (it fsyncs).
-    async fn write<F>(&self, write: F) -> StoreResult<()>
+    /// Runs `write` in one write transaction, off the async threads (it fsyncs unless
+    /// `durability` says otherwise).
+    async fn write<F>(&self, durability: Durability, write: F) -> StoreResult<()>
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
             write(&txn)?;
             txn.commit()?;
             Ok::<_, redb::Error>(())
@@ -86,9 +89,10 @@ impl LogStore {
         &self,
         name: &'static str,
         value: &T,
+        durability: Durability,
     ) -> StoreResult<()> {
         let bytes = bincode::serialize(value).map_err(write_error)?;
-        self.write(move |txn| {
+        self.write(durability, move |txn| {
             txn.open_table(STATE)?.insert(name, bytes.as_slice())?;
             Ok(())
         })
@@ -144,12 +148,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
-        self.write_state(VOTE, vote).await.map_err(|e| match e {
-            StorageError::IO { source } => {
-                StorageIOError::write_vote(AnyError::new(&source)).into()
-            }
-            other => other,
-        })
+        self.write_state(VOTE, vote, Durability::Immediate)
+            .await
+            .map_err(|e| match e {
+                StorageError::IO { source } => {
+                    StorageIOError::write_vote(AnyError::new(&source)).into()
+                }
+                other => other,
+            })
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
@@ -157,7 +163,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
-        self.write_state(COMMITTED, &committed).await
+        // openraft allows the committed index to be lost (it is re-learnt from the leader); it
+        // only saves re-applying on restart, so it rides along with the next fsync.
+        self.write_state(COMMITTED, &committed, Durability::None)
+            .await
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
@@ -179,7 +188,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ));
         }
         let result = self
-            .write(move |txn| {
+            .write(Durability::Immediate, move |txn| {
                 let mut table = txn.open_table(ENTRIES)?;
                 for (index, bytes) in &encoded {
                     table.insert(*index, bytes.as_slice())?;
@@ -198,7 +207,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        self.write(move |txn| {
+        self.write(Durability::Immediate, move |txn| {
             let mut table = txn.open_table(ENTRIES)?;
             table.retain_in(log_id.index.., |_, _| false)?;
             Ok(())
@@ -208,7 +217,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let bytes = bincode::serialize(&log_id).map_err(write_error)?;
-        self.write(move |txn| {
+        self.write(Durability::Immediate, move |txn| {
             txn.open_table(STATE)?
                 .insert(LAST_PURGED, bytes.as_slice())?;
             let mut table = txn.open_table(ENTRIES)?;

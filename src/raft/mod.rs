@@ -18,6 +18,7 @@
 // function here returns them.
 #![allow(clippy::result_large_err)]
 
+pub mod batch;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
@@ -63,20 +64,25 @@ impl std::fmt::Display for MemberNode {
     }
 }
 
-/// A log entry's application data: an encoded `bulwarkpb.Command`.
+/// A log entry's application data: encoded `bulwarkpb.Command`s, applied in order, each as its
+/// own command (several when concurrent writes were batched into one entry, see [`batch`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Request(pub Vec<u8>);
+pub struct Request {
+    pub commands: Vec<Vec<u8>>,
+}
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "command({} bytes)", self.0.len())
+        write!(f, "{} command(s)", self.commands.len())
     }
 }
 
-/// What applying an entry produced: an encoded `bulwarkpb.CommandResult` (empty for entries
-/// that carry no command).
+/// What applying an entry produced: one encoded `bulwarkpb.CommandResult` per command of its
+/// [`Request`] (none for entries that carry no command).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Reply(pub Vec<u8>);
+pub struct Reply {
+    pub results: Vec<Vec<u8>>,
+}
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -151,6 +157,7 @@ pub struct Consensus {
     pub raft: Raft<TypeConfig>,
     pub id: NodeId,
     pub store: Arc<Store>,
+    batcher: batch::ProposalBatcher,
     tls: PeerTls,
     timings: RaftTimings,
 }
@@ -186,6 +193,7 @@ impl Consensus {
             .await
             .map_err(|e| ProposeError::Peer(e.to_string()))?;
         Ok(Consensus {
+            batcher: batch::ProposalBatcher::start(raft.clone()),
             raft,
             id,
             store,
@@ -229,8 +237,8 @@ impl Consensus {
             let deadline = tokio::time::Instant::now() + LEADER_WAIT;
             let forward_deadline = tokio::time::Instant::now() + FORWARD_WAIT;
             loop {
-                match self.raft.client_write(Request(command.clone())).await {
-                    Ok(response) => return Ok(response.data.0),
+                match self.batcher.write(command.clone()).await {
+                    Ok(result) => return Ok(result),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                         match self.leader_node(&forward) {
                             Some(leader) if may_forward => {

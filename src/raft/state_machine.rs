@@ -141,24 +141,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut position = read_position(self.store.consensus_state().map_err(read_error)?)?;
-        // For each entry, whether it carries a command (and so gets the next result).
-        let mut is_command = Vec::new();
+        // For each entry, how many commands it carries (and so how many results it gets).
+        let mut commands_per_entry = Vec::new();
         let mut commands = Vec::new();
         for entry in entries {
             position.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Normal(request) => {
-                    commands.push(request.0);
-                    is_command.push(true);
+                    commands_per_entry.push(request.commands.len());
+                    commands.extend(request.commands);
                 }
                 EntryPayload::Membership(membership) => {
                     position.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    is_command.push(false);
+                    commands_per_entry.push(0);
                 }
-                EntryPayload::Blank => is_command.push(false),
+                EntryPayload::Blank => commands_per_entry.push(0),
             }
         }
-        if is_command.is_empty() {
+        if commands_per_entry.is_empty() {
             return Ok(Vec::new());
         }
         let encoded_position = bincode::serialize(&position).map_err(write_error)?;
@@ -170,14 +170,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(write_error)?
         .map_err(write_error)?;
-        let mut results = results.into_iter();
-        Ok(is_command
+        let mut results = results.iter().map(encode_result);
+        Ok(commands_per_entry
             .into_iter()
-            .map(|command| match command {
-                true => Reply(encode_result(
-                    &results.next().expect("one result per command"),
-                )),
-                false => Reply(Vec::new()),
+            .map(|count| Reply {
+                results: results.by_ref().take(count).collect(),
             })
             .collect())
     }
@@ -213,5 +210,73 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::mvcc::{decode_result, encode_command, CommandResponse};
+    use crate::proto::bulwarkpb::command::Kind;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::raft::Request;
+
+    fn put(key: &str) -> Vec<u8> {
+        encode_command(Kind::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }))
+    }
+
+    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    fn revision_of(result: &[u8]) -> i64 {
+        match decode_result(result).unwrap() {
+            CommandResponse::Put(put) => put.header.unwrap().revision,
+            other => panic!("not a put: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_command_of_a_batched_entry_gets_its_own_result_and_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("mvcc.redb")).unwrap());
+        let mut machine = StateMachine::new(store.clone(), dir.path().join("snapshot.bin"));
+        let membership = Membership::new(vec![std::collections::BTreeSet::from([1])], None);
+        let replies = machine
+            .apply([
+                entry(
+                    1,
+                    EntryPayload::Normal(Request {
+                        commands: vec![put("a"), put("b")],
+                    }),
+                ),
+                entry(2, EntryPayload::Membership(membership)),
+                entry(3, EntryPayload::Blank),
+                entry(
+                    4,
+                    EntryPayload::Normal(Request {
+                        commands: vec![put("c")],
+                    }),
+                ),
+            ])
+            .await
+            .unwrap();
+
+        let revisions: Vec<Vec<i64>> = replies
+            .iter()
+            .map(|reply| reply.results.iter().map(|r| revision_of(r)).collect())
+            .collect();
+        assert_eq!(revisions, vec![vec![2, 3], vec![], vec![], vec![4]]);
+        let (applied, _) = machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(4));
     }
 }
