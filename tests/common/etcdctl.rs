@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{run_bounded, Output, TlsFiles, COMMAND_TIMEOUT};
+use super::{run_bounded, Background, Output, TlsFiles, COMMAND_TIMEOUT};
 
 /// An etcdctl invocation template: endpoints and TLS flags; each `run` adds a command.
 #[derive(Debug, Clone)]
@@ -62,6 +62,20 @@ impl Etcdctl {
 
     /// Runs `etcdctl FLAGS ARGS` with `stdin` as its standard input (e.g. a `txn` script).
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        run_bounded(
+            self.command(args),
+            stdin.map(str::as_bytes),
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    /// Starts `etcdctl FLAGS ARGS` and leaves it running (a lock holder or waiter, a watch).
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        Background::spawn(self.command(args))
+    }
+
+    /// The `etcdctl FLAGS ARGS` command line.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("etcdctl");
         // Nothing from the caller's environment may change what etcdctl does.
         for (name, _) in std::env::vars_os() {
@@ -89,7 +103,7 @@ impl Etcdctl {
             self.command_timeout.as_millis()
         ));
         command.args(args);
-        run_bounded(command, stdin.map(str::as_bytes), COMMAND_TIMEOUT)
+        command
     }
 }
 

@@ -13,6 +13,8 @@
 //!   (members advertise it with `--advertise-peer`): pass, drop, blackhole or delay each
 //!   direction between two members.
 //! - `etcdctl.rs`: [`Etcdctl`], etcdctl 3.4 with a member's endpoint and TLS flags.
+//! - `background.rs`: [`Background`], a command left running (a lock holder, a keep-alive), its
+//!   output collected, killed with its children on drop.
 //! - `client.rs`: connected `etcd_client::Client`s and gRPC error assertions.
 //! - `raw.rs`: raw TLS connections and hand-made HTTP/2 frames, for handshake and hostile-input
 //!   tests.
@@ -29,6 +31,7 @@
 //! Set `BULWARK_TEST_KEEP_DIRS=1` to keep the directory of a failed test for inspection.
 #![allow(dead_code)]
 
+pub mod background;
 pub mod client;
 pub mod cluster;
 pub mod etcdctl;
@@ -47,6 +50,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // Each test binary uses a different part of the harness.
+#[allow(unused_imports)]
+pub use background::Background;
 #[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterOptions};
 #[allow(unused_imports)]
@@ -259,6 +264,8 @@ pub struct MemberOptions {
     pub snapshot_count: Option<u64>,
     /// `BULWARK_LOG` (a tracing filter), e.g. to see openraft's own info lines.
     pub log_filter: Option<String>,
+    /// `--quota-backend-bytes`: above it the NOSPACE alarm is raised.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 impl MemberOptions {
@@ -291,6 +298,10 @@ impl MemberOptions {
         self.log_filter = Some(filter.to_string());
         self
     }
+    pub fn quota_backend_bytes(mut self, bytes: u64) -> Self {
+        self.quota_backend_bytes = Some(bytes);
+        self
+    }
 
     /// The flags `init`, `join` and `serve` all take.
     fn serve_args(&self) -> Vec<String> {
@@ -311,6 +322,9 @@ impl MemberOptions {
         }
         if let Some(entries) = self.snapshot_count {
             args.extend(["--snapshot-count".to_string(), entries.to_string()]);
+        }
+        if let Some(bytes) = self.quota_backend_bytes {
+            args.extend(["--quota-backend-bytes".to_string(), bytes.to_string()]);
         }
         args
     }
@@ -502,6 +516,35 @@ impl Member {
             "member {name} could not bind free ports in {BIND_ATTEMPTS} attempts:\n{}",
             failures.join("\n")
         ))
+    }
+
+    /// A member whose directory another command prepared (`bulwark snapshot restore ...
+    /// --listen-client CLIENT --listen-peer PEER`), with the admin identity that command wrote in
+    /// `DIR/admin/`. Not running: [`Member::restart`] serves it.
+    pub fn prepared(
+        data_dir: &Path,
+        options: MemberOptions,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> Member {
+        let log_dir = log_dir_of(data_dir);
+        fs::create_dir_all(&log_dir).expect("creating the log directory");
+        Member {
+            name: options.name.clone().unwrap_or_else(|| "m0".to_string()),
+            data_dir: data_dir.to_path_buf(),
+            runs: runs_logged(&log_dir),
+            log_dir,
+            client_addr,
+            peer_addr,
+            advertise_peer: None,
+            admin: TlsFiles::admin_of(data_dir),
+            joined: false,
+            options,
+            process: None,
+            pid: Arc::new(AtomicU32::new(0)),
+            stdout_path: PathBuf::new(),
+            stderr_path: PathBuf::new(),
+        }
     }
 
     /// `bulwark serve` the member again (after `kill9`, `terminate` or `interrupt`), on the
@@ -738,9 +781,20 @@ impl Member {
     /// (for a joined member, which has none in its directory, the explicit endpoint and TLS
     /// flags instead).
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        if self.joined {
-            all.extend([
+        run_bulwark(&self.cli_args(args))
+    }
+    /// `bulwark ARGS` like [`Member::cli`], left running (`bulwark lock NAME -- COMMAND`,
+    /// `bulwark lease keep-alive ID`).
+    pub fn spawn_cli(&self, args: &[&str]) -> Background {
+        let mut command = Command::new(BULWARK);
+        command.args(self.cli_args(args)).env("RUST_BACKTRACE", "1");
+        Background::spawn(command)
+    }
+    /// `args` with this member's connection flags, placed before a `--` that starts a command
+    /// for the CLI to run (`bulwark lock NAME -- COMMAND`).
+    fn cli_args(&self, args: &[&str]) -> Vec<String> {
+        let connection = if self.joined {
+            vec![
                 "--endpoints".to_string(),
                 self.endpoint(),
                 "--cacert".to_string(),
@@ -749,14 +803,17 @@ impl Member {
                 self.admin.cert.display().to_string(),
                 "--key".to_string(),
                 self.admin.key.display().to_string(),
-            ]);
+            ]
         } else {
-            all.extend([
+            vec![
                 "--data-dir".to_string(),
                 self.data_dir.display().to_string(),
-            ]);
-        }
-        run_bulwark(&all)
+            ]
+        };
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        all.splice(at..at, connection);
+        all
     }
     /// What the current (or last) process printed on stdout.
     pub fn stdout(&self) -> String {
@@ -838,6 +895,24 @@ fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default()
+}
+
+/// What etcdctl printed against real etcd 3.4.23 in step `step` (e.g. `"23-lease-ttl-json"`)
+/// of the single-member reference samples (`../shared/etcd-reference/samples/`, or
+/// `BULWARK_ETCD_SAMPLES`).
+pub fn etcd_sample_output(step: &str) -> String {
+    let dir = match std::env::var_os("BULWARK_ETCD_SAMPLES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/etcd-reference/samples/single-member"),
+    };
+    let path = dir.join(format!("{step}.out"));
+    fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "etcd reference sample {} ({e}); set BULWARK_ETCD_SAMPLES",
+            path.display()
+        )
+    })
 }
 
 /// A fresh temporary directory for a test's members.
