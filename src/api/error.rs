@@ -91,7 +91,10 @@ impl ApiError {
                 MvccError::LeaseNotFound => etcd(Code::NotFound, &error.to_string()),
                 MvccError::LeaseExists => etcd(Code::FailedPrecondition, &error.to_string()),
                 MvccError::Corrupt(_) => etcd(Code::DataLoss, "corrupt cluster"),
-                MvccError::Storage(_) => etcd(Code::Internal, &error.to_string()),
+                MvccError::Storage(_) | MvccError::DefragmentFile(_) => {
+                    etcd(Code::Internal, &error.to_string())
+                }
+                MvccError::DefragmentInterrupted => etcd(Code::Unavailable, &error.to_string()),
             },
             ApiError::NoLeader
             | ApiError::Timeout

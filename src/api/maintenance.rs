@@ -1,5 +1,6 @@
-//! etcd's `Maintenance` service: status, alarms, hashes, snapshots, leadership transfer.
-//! Defragment and downgrade answer `Unimplemented` with a clear message.
+//! etcd's `Maintenance` service: status, alarms, hashes, snapshots, leadership transfer, and
+//! defragmentation (online here: reads and writes go on during it, see `mvcc::defrag`).
+//! Downgrade answers `Unimplemented` with a clear message.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -124,7 +125,26 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        unsupported("Defragment")
+        let store = self.0.store.clone();
+        let report = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(ApiError::Mvcc)?;
+        tracing::info!(
+            size_before = report.size_before,
+            size_after = report.size_after,
+            replayed_batches = report.replayed_batches,
+            "defragmented the store"
+        );
+        let revision = self
+            .0
+            .store
+            .status()
+            .map_err(ApiError::Mvcc)?
+            .current_revision;
+        Ok(Response::new(DefragmentResponse {
+            header: self.0.header(revision),
+        }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

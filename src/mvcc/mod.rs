@@ -31,17 +31,19 @@
 
 mod apply;
 mod compare;
+mod defrag;
 mod events;
 pub mod keys;
 mod read;
 mod result;
 mod snapshot;
 
+pub use defrag::DefragmentReport;
 pub use result::{decode_result, encode_result};
 pub use snapshot::{verify_snapshot, SnapshotError};
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -95,6 +97,10 @@ pub enum MvccError {
     Storage(#[from] redb::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    #[error("defragmentation interrupted by a snapshot install; run it again")]
+    DefragmentInterrupted,
+    #[error("defragmentation: {0}")]
+    DefragmentFile(#[from] std::io::Error),
 }
 
 macro_rules! storage_errors {
@@ -142,17 +148,28 @@ pub struct LeaseInfo {
 }
 
 pub struct Store {
-    db: Database,
+    /// Replaced (never mutated in place) by a defragmentation; readers hold their own `Arc`.
+    db: RwLock<Arc<Database>>,
     path: PathBuf,
     /// The newest committed revision, published after every commit (watchers wait on it).
     committed: tokio::sync::watch::Sender<i64>,
+    /// Serialises every writer (applies, flushes, restores, a defragmentation's switch to its
+    /// new file); taken before a write transaction is begun.
+    writer: Mutex<Writer>,
+    /// One defragmentation at a time.
+    defragmenting: Mutex<()>,
+}
+
+struct Writer {
     /// When everything applied was last made durable (see [`Store::apply`]).
-    last_flush: Mutex<Instant>,
+    last_flush: Instant,
+    journal: defrag::Journal,
 }
 
 impl Store {
     /// Opens the store at `path`, creating an empty one (revision 1) if there is none.
     pub fn open(path: &Path) -> Result<Self, MvccError> {
+        defrag::remove_leftover(path)?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
@@ -171,10 +188,14 @@ impl Store {
         }
         txn.commit()?;
         let store = Store {
-            db,
+            db: RwLock::new(Arc::new(db)),
             path: path.to_path_buf(),
             committed: tokio::sync::watch::Sender::new(FIRST_REVISION),
-            last_flush: Mutex::new(Instant::now()),
+            writer: Mutex::new(Writer {
+                last_flush: Instant::now(),
+                journal: defrag::Journal::Off,
+            }),
+            defragmenting: Mutex::new(()),
         };
         store.publish()?;
         Ok(store)
@@ -205,37 +226,14 @@ impl Store {
         commands: &[&[u8]],
         consensus: &[u8],
     ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
-        let mut txn = self.db.begin_write()?;
-        let mut last_flush = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
-        let durable = last_flush.elapsed() >= FLUSH_INTERVAL;
-        if !durable {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| MvccError::Storage(e.into()))?;
-        }
-        let mut results = Vec::with_capacity(commands.len());
-        {
-            let mut state = apply::ApplyState::open(&txn)?;
-            for payload in commands {
-                let result = match Command::decode(*payload) {
-                    Ok(command) => state.apply(command),
-                    Err(error) => Err(MvccError::Corrupt(format!(
-                        "a log entry does not decode as a command: {error}"
-                    ))),
-                };
-                // Storage failures abort the batch; command-level errors are answers.
-                if let Err(MvccError::Storage(_)) = result {
-                    return Err(result.unwrap_err());
-                }
-                results.push(result);
-            }
-            txn.open_table(CONSENSUS)?
-                .insert(CONSENSUS_APPLIED, consensus)?;
-        }
-        txn.commit()?;
+        let mut writer = self.writer();
+        let durable = writer.last_flush.elapsed() >= FLUSH_INTERVAL;
+        let results = apply_commands(&self.db(), commands, consensus, durable)?;
         if durable {
-            *last_flush = Instant::now();
+            writer.last_flush = Instant::now();
         }
-        drop(last_flush);
+        writer.journal.record(commands, consensus);
+        drop(writer);
         self.publish()?;
         Ok(results)
     }
@@ -243,15 +241,24 @@ impl Store {
     /// Makes every commit so far durable (an empty durable commit: redb persists the
     /// non-durable commits before it with it).
     pub fn flush(&self) -> Result<(), MvccError> {
-        let mut last_flush = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
-        self.db.begin_write()?.commit()?;
-        *last_flush = Instant::now();
+        let mut writer = self.writer();
+        self.db().begin_write()?.commit()?;
+        writer.last_flush = Instant::now();
         Ok(())
+    }
+
+    /// The current database (a defragmentation may replace it; a caller keeps the one it got).
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every lease: (id, granted TTL in seconds).
     pub fn leases(&self) -> Result<Vec<(i64, i64)>, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(LEASES)?;
         let mut leases = Vec::new();
         for row in table.iter()? {
@@ -263,7 +270,7 @@ impl Store {
 
     /// A lease's granted TTL and attached keys, if it exists.
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let Some(ttl) = txn.open_table(LEASES)?.get(id)? else {
             return Ok(None);
         };
@@ -283,7 +290,7 @@ impl Store {
 
     /// Every cluster setting whose name starts with `prefix`.
     pub fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(SETTINGS)?;
         let mut found = Vec::new();
         for row in table.range(prefix..)? {
@@ -298,14 +305,14 @@ impl Store {
 
     /// A cluster setting stored by a `set_setting` command.
     pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(SETTINGS)?;
         Ok(table.get(name)?.map(|v| v.value().to_vec()))
     }
 
     /// The `consensus` bytes of the last [`Store::apply`], if any.
     pub fn consensus_state(&self) -> Result<Option<Vec<u8>>, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(CONSENSUS)?;
         Ok(table.get(CONSENSUS_APPLIED)?.map(|v| v.value().to_vec()))
     }
@@ -313,7 +320,7 @@ impl Store {
     /// A range read at the current revision or at `req.revision`, with etcd's limit, sort and
     /// filter rules. Sees every command applied before the call.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let status = read_status(&txn.open_table(META)?)?;
         let latest = txn.open_table(LATEST)?;
         let history = txn.open_table(HISTORY)?;
@@ -321,7 +328,7 @@ impl Store {
     }
 
     pub fn status(&self) -> Result<StoreStatus, MvccError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         read_status(&txn.open_table(META)?)
     }
 
@@ -338,6 +345,42 @@ impl Drop for Store {
             tracing::warn!("could not flush the store on close: {error}");
         }
     }
+}
+
+/// Applies `commands` in order in one write transaction of `db`, recording `consensus` with
+/// them (see [`Store::apply`]); durable (fsynced) only when asked.
+fn apply_commands(
+    db: &Database,
+    commands: &[&[u8]],
+    consensus: &[u8],
+    durable: bool,
+) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| MvccError::Storage(e.into()))?;
+    }
+    let mut results = Vec::with_capacity(commands.len());
+    {
+        let mut state = apply::ApplyState::open(&txn)?;
+        for payload in commands {
+            let result = match Command::decode(*payload) {
+                Ok(command) => state.apply(command),
+                Err(error) => Err(MvccError::Corrupt(format!(
+                    "a log entry does not decode as a command: {error}"
+                ))),
+            };
+            // Storage failures abort the batch; command-level errors are answers.
+            if let Err(MvccError::Storage(_)) = result {
+                return Err(result.unwrap_err());
+            }
+            results.push(result);
+        }
+        txn.open_table(CONSENSUS)?
+            .insert(CONSENSUS_APPLIED, consensus)?;
+    }
+    txn.commit()?;
+    Ok(results)
 }
 
 /// Encodes a command as the bytes a log entry carries.

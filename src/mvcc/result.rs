@@ -24,7 +24,11 @@ pub fn encode_result(result: &Result<CommandResponse, MvccError>) -> Vec<u8> {
                 MvccError::KeyNotFound => Reason::KeyNotFound,
                 MvccError::LeaseNotFound => Reason::LeaseNotFound,
                 MvccError::LeaseExists => Reason::LeaseExists,
-                MvccError::Corrupt(_) | MvccError::Storage(_) => Reason::Corrupt,
+                // Applying never fails with a defragmentation error; listed for completeness.
+                MvccError::Corrupt(_)
+                | MvccError::Storage(_)
+                | MvccError::DefragmentInterrupted
+                | MvccError::DefragmentFile(_) => Reason::Corrupt,
             };
             Kind::Rejected(Rejection {
                 reason: reason as i32,

@@ -98,7 +98,7 @@ impl Store {
     /// `consensus` position that instant had.
     pub fn write_snapshot(&self, out: impl Write) -> Result<Option<Vec<u8>>, SnapshotError> {
         let mut position = None;
-        let txn = self.db.begin_read().map_err(MvccError::from)?;
+        let txn = self.db().begin_read().map_err(MvccError::from)?;
         // Raft purges its log behind a snapshot's position, so the store must not lose what the
         // snapshot holds: everything this read sees is made durable before it is dumped.
         self.flush()?;
@@ -160,7 +160,10 @@ impl Store {
         input.read_to_end(&mut bytes)?;
         let records = parse(&bytes)?;
 
-        let txn = self.db.begin_write().map_err(MvccError::from)?;
+        let mut writer = self.writer();
+        // A defragmentation copying the old contents must not switch to them afterwards.
+        writer.journal.interrupt();
+        let txn = self.db().begin_write().map_err(MvccError::from)?;
         {
             txn.delete_table(LATEST).map_err(MvccError::from)?;
             txn.delete_table(HISTORY).map_err(MvccError::from)?;
@@ -246,7 +249,9 @@ impl Store {
     /// Drops what ties the store to the cluster it came from: the Raft position and membership,
     /// and the join tokens (they pin the old CA). Used when a snapshot seeds a new cluster.
     pub fn forget_cluster(&self) -> Result<(), MvccError> {
-        let txn = self.db.begin_write()?;
+        let mut writer = self.writer();
+        writer.journal.interrupt();
+        let txn = self.db().begin_write()?;
         {
             txn.delete_table(CONSENSUS)?;
             txn.open_table(CONSENSUS)?;

@@ -397,7 +397,7 @@ fn compaction_drops_history_but_keeps_reads_at_and_after_it() {
     assert!(matches!(f.compact(4), Err(MvccError::Compacted)));
     assert!(matches!(f.compact(7), Err(MvccError::FutureRevision)));
     // Only a@3 (newest at or below 5) and a@6 remain; b's tombstone went too.
-    let txn = f.store.db.begin_read().unwrap();
+    let txn = f.store.db().begin_read().unwrap();
     assert_eq!(txn.open_table(HISTORY).unwrap().len().unwrap(), 2);
     assert_eq!(txn.open_table(BY_REVISION).unwrap().len().unwrap(), 2);
 }
