@@ -10,7 +10,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::cluster::{Cluster, Member, StoreKind, START_TIMEOUT};
 use super::process::free_port;
-use super::{BenchError, RAFT_ELECTION_TIMEOUT_MS, RAFT_HEARTBEAT_MS};
+use super::{BenchError, QUOTA_BACKEND_BYTES, RAFT_ELECTION_TIMEOUT_MS, RAFT_HEARTBEAT_MS};
 use crate::proto::bulwarkpb::admin_client::AdminClient;
 use crate::proto::bulwarkpb::ShowTokenRequest;
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
@@ -74,11 +74,14 @@ async fn start_member(
 ) -> Result<(Member, String), BenchError> {
     let data_dir = root.join(name);
     let data = data_dir.display().to_string();
+    // The flags `serve` takes again after a restart.
     let timings = [
         "--heartbeat-interval".to_string(),
         RAFT_HEARTBEAT_MS.to_string(),
         "--election-timeout".to_string(),
         RAFT_ELECTION_TIMEOUT_MS.to_string(),
+        "--quota-backend-bytes".to_string(),
+        QUOTA_BACKEND_BYTES.to_string(),
     ];
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -111,6 +114,7 @@ async fn start_member(
         let mut member = Member::new(
             name,
             format!("https://{client}"),
+            &data_dir,
             program,
             restart_args,
             &root.join("logs"),

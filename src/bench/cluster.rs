@@ -45,6 +45,7 @@ impl fmt::Display for StoreKind {
 pub struct Member {
     pub name: String,
     pub client_url: String,
+    data_dir: PathBuf,
     program: PathBuf,
     /// `bulwark serve ...` or etcd's own flags: what starts it again after a stop.
     restart_args: Vec<String>,
@@ -57,6 +58,7 @@ impl Member {
     pub fn new(
         name: &str,
         client_url: String,
+        data_dir: &Path,
         program: &Path,
         restart_args: Vec<String>,
         log_dir: &Path,
@@ -64,6 +66,7 @@ impl Member {
         Member {
             name: name.to_string(),
             client_url,
+            data_dir: data_dir.to_path_buf(),
             program: program.to_path_buf(),
             restart_args,
             log_dir: log_dir.to_path_buf(),
@@ -134,6 +137,43 @@ impl Member {
     pub fn memory(&self) -> Option<MemberMemory> {
         memory_of(&self.name, self.pid()?)
     }
+
+    /// The disk space its data directory takes.
+    pub fn disk_usage(&self) -> MemberDisk {
+        MemberDisk {
+            member: self.name.clone(),
+            mib: allocated_bytes(&self.data_dir) as f64 / (1024.0 * 1024.0),
+        }
+    }
+}
+
+/// A member's data directory's size on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberDisk {
+    pub member: String,
+    pub mib: f64,
+}
+
+/// The bytes the files under `path` occupy on disk (allocated blocks, as `du` counts them: a
+/// preallocated log segment counts whole).
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = metadata.blocks() * 512;
+    if !metadata.is_dir() {
+        return own;
+    }
+    let children = std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| allocated_bytes(&entry.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    own + children
 }
 
 /// A running cluster of one store.
@@ -256,5 +296,10 @@ impl Cluster {
     /// Every running member's memory.
     pub fn memory(&self) -> Vec<MemberMemory> {
         self.members.iter().filter_map(Member::memory).collect()
+    }
+
+    /// Every member's data directory size.
+    pub fn disk_usage(&self) -> Vec<MemberDisk> {
+        self.members.iter().map(Member::disk_usage).collect()
     }
 }

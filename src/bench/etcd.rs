@@ -10,7 +10,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::cluster::{Cluster, Member, StoreKind};
 use super::process::free_port;
-use super::{BenchError, RAFT_ELECTION_TIMEOUT_MS, RAFT_HEARTBEAT_MS};
+use super::{BenchError, QUOTA_BACKEND_BYTES, RAFT_ELECTION_TIMEOUT_MS, RAFT_HEARTBEAT_MS};
 use crate::pki::{write_private_file, ClusterCa};
 
 /// Lifetime of the certificates made for one run.
@@ -67,11 +67,12 @@ pub async fn start(
     for (name, (client, peer)) in names.iter().zip(&ports) {
         let client_url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+        let data_dir = root.join(name);
         let mut args: Vec<String> = [
             "--name",
             name,
             "--data-dir",
-            &root.join(name).display().to_string(),
+            &data_dir.display().to_string(),
             "--listen-client-urls",
             &client_url,
             "--advertise-client-urls",
@@ -90,6 +91,8 @@ pub async fn start(
             &RAFT_HEARTBEAT_MS.to_string(),
             "--election-timeout",
             &RAFT_ELECTION_TIMEOUT_MS.to_string(),
+            "--quota-backend-bytes",
+            &QUOTA_BACKEND_BYTES.to_string(),
             "--logger",
             "zap",
             "--log-outputs",
@@ -102,7 +105,14 @@ pub async fn start(
         args.extend(tls_flags.iter().cloned());
         // etcd ignores the initial-cluster flags once its data directory holds a member, so the
         // same flags start it again.
-        let mut member = Member::new(name, client_url, program, args.clone(), &root.join("logs"));
+        let mut member = Member::new(
+            name,
+            client_url,
+            &data_dir,
+            program,
+            args.clone(),
+            &root.join("logs"),
+        );
         member.launch(&args, &[])?;
         members.push(member);
     }

@@ -45,6 +45,7 @@ pub struct RunSettings {
     pub clients_per_connection: usize,
     pub raft_heartbeat_ms: u64,
     pub raft_election_timeout_ms: u64,
+    pub quota_backend_bytes: u64,
 }
 
 /// One workload on both stores.
@@ -239,6 +240,7 @@ impl RestartComparison {
             "store",
             "member",
             "RSS with keys, MiB (each member)",
+            "data dir MiB",
             "stop s",
             "to serializable get s",
             "to linearizable get s",
@@ -252,6 +254,11 @@ impl RestartComparison {
                 r.memory_with_keys
                     .iter()
                     .map(|m| format!("{:.0}", m.rss_mib))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                r.disk_with_keys
+                    .iter()
+                    .map(|d| format!("{:.0}", d.mib))
                     .collect::<Vec<_>>()
                     .join(" / "),
                 format!("{:.2}", r.stop_seconds),

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use super::cluster::{Cluster, StoreKind, START_TIMEOUT};
+use super::cluster::{Cluster, MemberDisk, StoreKind, START_TIMEOUT};
 use super::process::MemberMemory;
 use super::stats::{Latencies, Measurement};
 use super::BenchError;
@@ -618,6 +618,8 @@ pub struct Restart {
     pub keys: u64,
     /// Every member's memory holding the keys, just before the restart.
     pub memory_with_keys: Vec<MemberMemory>,
+    /// Every member's data directory size then.
+    pub disk_with_keys: Vec<MemberDisk>,
     /// From SIGTERM until it exited.
     pub stop_seconds: f64,
     /// From the new process's spawn until it answered a serializable get (from its own state).
@@ -633,6 +635,7 @@ pub struct Restart {
 pub async fn restart_follower(cluster: &mut Cluster, keys: u64) -> Result<Restart, BenchError> {
     let index = cluster.follower().await?;
     let memory_with_keys = cluster.memory();
+    let disk_with_keys = cluster.disk_usage();
     let stopping = Instant::now();
     cluster.members[index].stop().await;
     let stop_seconds = stopping.elapsed().as_secs_f64();
@@ -646,6 +649,7 @@ pub async fn restart_follower(cluster: &mut Cluster, keys: u64) -> Result<Restar
         member: cluster.members[index].name.clone(),
         keys,
         memory_with_keys,
+        disk_with_keys,
         stop_seconds,
         seconds_to_serializable_get,
         seconds_to_linearizable_get,
