@@ -452,9 +452,6 @@ async fn keep_alive_renews_a_lease_past_several_ttls_and_it_expires_once_stopped
 /// 300 ms after its deadline: some answer 0 (expired), some a TTL; every lease that answered a
 /// TTL must still be alive when asked right after (well within that TTL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "server bug: the leader revokes the leases it found expired one after another from a \
-            list taken before; a keep-alive answered meanwhile renews (TTL > 0) a lease whose \
-            revoke follows, so the client is told its lease lives and it is deleted"]
 async fn a_keep_alive_answered_with_a_ttl_is_never_followed_by_the_leases_expiry() {
     const LEASES: usize = 200;
     /// Long enough that the check below runs well within a renewed lease's TTL.
@@ -907,8 +904,6 @@ fn etcdctl_lease_errors_are_etcds() {
 /// in `etcdserver/v3_server.go`): right after a grant of 600 s, the reference printed
 /// `remaining(599s)` (sample 24), and any time after the grant it is below the granted TTL.
 #[test]
-#[ignore = "server bug: the remaining TTL is rounded up (600 right after a grant of 600), etcd \
-            truncates it (599)"]
 fn etcdctl_timetolive_truncates_the_remaining_seconds_as_etcd_does() {
     let cluster = Cluster::single();
     let etcdctl = cluster.member(0).etcdctl();

@@ -56,6 +56,7 @@ impl Lease for LeaseService {
             .await?
         {
             CommandResponse::LeaseGrant(mut response) => {
+                self.0.lessor.start_clock(id, ttl);
                 self.0.complete(&mut response.header);
                 Ok(Response::new(response))
             }

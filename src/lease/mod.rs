@@ -19,6 +19,9 @@ use crate::raft::{Consensus, ProposeError};
 
 /// How often the leader looks for expired leases.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// How long a keep-alive of an expired lease waits for its revoke before answering `request
+/// timed out` (the revoke needs a quorum).
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Lessor {
     consensus: Arc<Consensus>,
@@ -94,29 +97,54 @@ impl Lessor {
             .collect())
     }
 
+    /// Starts a lease's clock when its grant has been applied here, if this member leads (etcd
+    /// starts it at the grant; otherwise the leader starts it when it first sees the lease).
+    pub fn start_clock(&self, id: i64, ttl: i64) {
+        if self.consensus.is_leader() {
+            self.deadlines
+                .lock()
+                .expect("deadlines lock")
+                .entry(id)
+                .or_insert_with(|| Instant::now() + Duration::from_secs(ttl as u64));
+        }
+    }
+
     /// Renews lease `id` for its full TTL, on the leader wherever it is.
     pub async fn keep_alive(&self, id: i64) -> Result<LeaseState, ProposeError> {
         match self.consensus.leader_client() {
             Some(mut leader) => answer(leader.lease_keep_alive(LeaseQuery { id }).await),
-            None => self.keep_alive_here(id),
+            None => self.keep_alive_here(id).await,
         }
     }
 
-    /// The leader's side of a keep-alive.
-    pub fn keep_alive_here(&self, id: i64) -> Result<LeaseState, ProposeError> {
-        if !self.consensus.is_leader() {
-            return Err(ProposeError::NoLeader);
+    /// The leader's side of a keep-alive. A lease past its deadline is not renewed: its revoke
+    /// is due or already in consensus, so (as etcd's `Renew`) this waits for the revoke and
+    /// answers "not found", never a TTL the revoke would then contradict.
+    pub async fn keep_alive_here(&self, id: i64) -> Result<LeaseState, ProposeError> {
+        let give_up = Instant::now() + REVOKE_WAIT;
+        loop {
+            if !self.consensus.is_leader() {
+                return Err(ProposeError::NoLeader);
+            }
+            let Some(LeaseInfo { ttl, .. }) =
+                self.store.lease(id).map_err(ProposeError::Rejected)?
+            else {
+                return Ok(LeaseState::Unknown);
+            };
+            let now = Instant::now();
+            {
+                let mut deadlines = self.deadlines.lock().expect("deadlines lock");
+                let expired = deadlines.get(&id).is_some_and(|deadline| *deadline <= now);
+                if !expired {
+                    deadlines.insert(id, now + Duration::from_secs(ttl as u64));
+                    return Ok(LeaseState::Live(ttl));
+                }
+            }
+            if now >= give_up {
+                return Err(ProposeError::Timeout);
+            }
+            tokio::time::sleep(EXPIRY_TICK / 5).await;
         }
-        let Some(LeaseInfo { ttl, .. }) = self.store.lease(id).map_err(ProposeError::Rejected)?
-        else {
-            return Ok(LeaseState::Unknown);
-        };
-        let deadline = Instant::now() + Duration::from_secs(ttl as u64);
-        self.deadlines
-            .lock()
-            .expect("deadlines lock")
-            .insert(id, deadline);
-        Ok(LeaseState::Live(ttl))
     }
 
     /// Seconds left on lease `id`, from the leader wherever it is.
@@ -143,9 +171,9 @@ impl Lessor {
             .expect("deadlines lock")
             .entry(id)
             .or_insert_with(|| now + Duration::from_secs(ttl as u64));
-        // Whole seconds, rounded up, as etcd reports them.
+        // Whole seconds, truncated, as etcd reports them (599 right after a grant of 600).
         let left = deadline.saturating_duration_since(now);
-        Ok(LeaseState::Live(left.as_millis().div_ceil(1000) as i64))
+        Ok(LeaseState::Live(left.as_secs() as i64))
     }
 }
 

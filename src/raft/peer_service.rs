@@ -118,7 +118,7 @@ impl Peer for PeerService {
     ) -> Result<Response<LeaseAnswer>, Status> {
         self.require_member(&request)?;
         Ok(Response::new(lease_answer(
-            self.lessor.keep_alive_here(request.get_ref().id)?,
+            self.lessor.keep_alive_here(request.get_ref().id).await?,
         )))
     }
 
