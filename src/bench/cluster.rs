@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use super::process::{memory_of, reset_peak_memory, MemberMemory, Process};
+use super::process::{cpu_time, memory_of, reset_peak_memory, MemberMemory, Process};
 use super::BenchError;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -296,6 +296,15 @@ impl Cluster {
     /// Every running member's memory.
     pub fn memory(&self) -> Vec<MemberMemory> {
         self.members.iter().filter_map(Member::memory).collect()
+    }
+
+    /// The CPU time the running members have used, together, since they started.
+    pub fn cpu_time(&self) -> Duration {
+        self.members
+            .iter()
+            .filter_map(Member::pid)
+            .filter_map(cpu_time)
+            .sum()
     }
 
     /// Every member's data directory size.

@@ -420,7 +420,9 @@ async fn run(plan: Plan) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// One workload on Bulwark, then on etcd; each member's peak memory is reset before each.
+/// One workload on Bulwark, then on etcd; each member's peak memory is reset before each. The
+/// CPU time of the measured store's members, of the other store's (idle, it should use none: a
+/// busy one would be stealing cores) and of the bench's clients is counted too.
 async fn run_row(
     workload: Workload,
     bulwark: &Cluster,
@@ -428,7 +430,7 @@ async fn run_row(
     settings: &Arc<Settings>,
     progress: &Progress,
 ) -> Result<Row, BenchError> {
-    let measure = async |cluster: &Cluster| -> Result<Measurement, BenchError> {
+    let measure = async |cluster: &Cluster, other: &Cluster| -> Result<Measurement, BenchError> {
         let clients = workload.clients();
         progress.start(&format!(
             "{}, {clients} client{} on {}",
@@ -437,19 +439,35 @@ async fn run_row(
             cluster.kind
         ));
         cluster.reset_peak_memory();
+        let cpu_before = [cluster.cpu_time(), other.cpu_time(), own_cpu_time()];
         let mut measurement = workload.run(cluster, settings).await?;
+        let cpu_after = [cluster.cpu_time(), other.cpu_time(), own_cpu_time()];
         measurement.memory = cluster.memory();
+        for (name, (after, before)) in ["members_cpu_ms", "other_store_cpu_ms", "bench_cpu_ms"]
+            .into_iter()
+            .zip(cpu_after.into_iter().zip(cpu_before))
+        {
+            let used = after.saturating_sub(before).as_millis();
+            measurement
+                .counters
+                .insert(name.to_string(), u64::try_from(used).unwrap_or(u64::MAX));
+        }
         progress.done();
         Ok(measurement)
     };
-    let on_bulwark = measure(bulwark).await?;
-    let on_etcd = measure(etcd).await?;
+    let on_bulwark = measure(bulwark, etcd).await?;
+    let on_etcd = measure(etcd, bulwark).await?;
     Ok(Row::new(
         workload.name(),
         workload.clients(),
         on_bulwark,
         on_etcd,
     ))
+}
+
+/// The CPU time this process (the bench's clients) has used.
+fn own_cpu_time() -> Duration {
+    process::cpu_time(std::process::id()).unwrap_or_default()
 }
 
 /// `etcd --version`'s version number, or what went wrong.

@@ -237,3 +237,17 @@ pub fn memory_of(member: &str, pid: u32) -> Option<MemberMemory> {
 pub fn reset_peak_memory(pid: u32) {
     let _ = fs::write(format!("/proc/{pid}/clear_refs"), b"5");
 }
+
+/// CPU time (user + system) `pid` has used since it started; `None` if it is gone.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: fields are counted after its closing ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5); `fields[0]` is field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf(3) reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}

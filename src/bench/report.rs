@@ -147,7 +147,8 @@ impl Report {
         text.push_str(&self.rows_table());
         text.push_str(
             "B/E: Bulwark / etcd. ops/s above 1: Bulwark does more; p99 below 1: Bulwark's tail \
-             is lower. RSS: the largest member's peak during the row.\n",
+             is lower. RSS: the largest member's peak during the row. CPU: the store's members, \
+             together, during the row.\n",
         );
         if let (Some(floor), Some(put)) = (&self.fsync_floor, self.single_client_put()) {
             let versus = |m: &Measurement| {
@@ -186,6 +187,7 @@ impl Report {
             "p99 ms",
             "p99.9 ms",
             "RSS MiB",
+            "CPU s",
             "errors",
             "B/E ops/s",
             "B/E p99",
@@ -211,6 +213,9 @@ impl Report {
                     percentile(|l| l.p999_ms),
                     m.max_peak_rss_mib()
                         .map_or("-".to_string(), |mib| format!("{mib:.0}")),
+                    m.counters
+                        .get("members_cpu_ms")
+                        .map_or("-".to_string(), |ms| format!("{:.1}", *ms as f64 / 1000.0)),
                     m.errors.to_string(),
                     if first {
                         factor(row.throughput_ratio)
