@@ -13,6 +13,7 @@
 //! | [`watch`] | watch streams over the MVCC change log |
 //! | [`lease`] | lease expiry on the leader (leases themselves are replicated MVCC state) |
 //! | [`pki`] | the cluster CA, certificates, join tokens, TLS configurations |
+//! | [`identities`] | the replicated registry of issued certificates, revocations and join tokens |
 //! | [`bench`] | `bulwark bench`: Bulwark and a real etcd side by side, same client, same machine |
 //!
 //! # A request's path
@@ -30,6 +31,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod identities;
 pub mod lease;
 pub mod mvcc;
 pub mod pki;

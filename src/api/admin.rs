@@ -1,38 +1,56 @@
-//! Bulwark's own administration service on the client port (`bulwarkpb.Admin`): showing join
-//! tokens. Only the admin identity may call it.
+//! Bulwark's own administration service on the client port (`bulwarkpb.Admin`): join tokens
+//! (show, rotate) and client identities (issue, list, revoke; see [`crate::identities`]). Only
+//! the admin identity may call it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::error::ApiError;
 use super::ApiContext;
-use crate::pki::{self, Role};
+use crate::identities;
+use crate::mvcc::CommandResponse;
+use crate::pki::{self, JoinToken, Role};
 use crate::proto::bulwarkpb::admin_server::Admin;
-use crate::proto::bulwarkpb::{ShowTokenRequest, ShowTokenResponse};
+use crate::proto::bulwarkpb::{
+    command, IdentityInfo, IssueIdentityRequest, ListIdentitiesRequest, ListIdentitiesResponse,
+    LoginResponse, RevokeIdentityRequest, RevokeIdentityResponse, ShowTokenRequest,
+    ShowTokenResponse,
+};
 
 /// The admin identity's common name (etcd's `root` user).
 pub const ADMIN_NAME: &str = "root";
 
-/// Where a role's join token lives in the replicated cluster settings.
-pub fn token_setting(role: &str) -> Option<&'static str> {
-    match role {
-        "manager" => Some("join-token/manager"),
-        _ => None,
-    }
-}
-
 pub struct AdminService(pub(super) Arc<ApiContext>);
 
-/// Refuses every caller but the admin client identity.
-fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
+/// The caller's identity, if it is the admin client identity; refuses everyone else.
+fn require_admin<T>(request: &Request<T>) -> Result<pki::PeerIdentity, Status> {
     let denied = || Status::permission_denied("etcdserver: permission denied");
     let certs = request.peer_certs().ok_or_else(denied)?;
     let leaf = certs.first().ok_or_else(denied)?;
     let identity = pki::identity_of(leaf.as_ref()).map_err(|_| denied())?;
     if identity.role == Role::Client && identity.common_name == ADMIN_NAME {
-        Ok(())
+        Ok(identity)
     } else {
         Err(denied())
+    }
+}
+
+fn token_setting(role: &str) -> Result<String, Status> {
+    identities::token_setting(role).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown role {role:?}: expected \"manager\" or \"client\""
+        ))
+    })
+}
+
+impl AdminService {
+    async fn propose_setting(&self, command: command::Kind) -> Result<(), Status> {
+        match self.0.propose(command).await? {
+            CommandResponse::SettingStored => Ok(()),
+            other => Err(Status::internal(format!("write path answered {other:?}"))),
+        }
     }
 }
 
@@ -43,22 +61,137 @@ impl Admin for AdminService {
         request: Request<ShowTokenRequest>,
     ) -> Result<Response<ShowTokenResponse>, Status> {
         require_admin(&request)?;
-        let role = &request.get_ref().role;
-        let setting = token_setting(role).ok_or_else(|| {
-            Status::invalid_argument(format!("unknown role {role:?}: expected \"manager\""))
-        })?;
+        let setting = token_setting(&request.get_ref().role)?;
         self.0
             .consensus
             .read_barrier()
             .await
-            .map_err(super::error::ApiError::from)?;
+            .map_err(ApiError::from)?;
         let token = self
             .0
             .store
-            .setting(setting)
-            .map_err(super::error::ApiError::from)?
+            .setting(&setting)
+            .map_err(ApiError::from)?
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or_else(|| Status::unavailable("the cluster has no join token yet"))?;
         Ok(Response::new(ShowTokenResponse { token }))
+    }
+
+    async fn rotate_token(
+        &self,
+        request: Request<ShowTokenRequest>,
+    ) -> Result<Response<ShowTokenResponse>, Status> {
+        require_admin(&request)?;
+        let role = &request.get_ref().role;
+        let setting = token_setting(role)?;
+        let token = JoinToken::generate(self.0.ca.cert_pem())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .to_string();
+        self.propose_setting(identities::set_setting(setting, token.clone().into_bytes()))
+            .await?;
+        tracing::info!(%role, "join token rotated");
+        Ok(Response::new(ShowTokenResponse { token }))
+    }
+
+    async fn issue_identity(
+        &self,
+        request: Request<IssueIdentityRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        require_admin(&request)?;
+        let request = request.into_inner();
+        let ttl = match request.ttl_seconds {
+            0 => identities::CLIENT_CERT_TTL,
+            seconds => Duration::from_secs(seconds),
+        };
+        let cert_pem = identities::issue_client(
+            &self.0.consensus,
+            &self.0.ca,
+            &request.name,
+            &request.csr_pem,
+            ttl,
+        )
+        .await?;
+        Ok(Response::new(LoginResponse {
+            client_cert_pem: cert_pem,
+            ca_cert_pem: self.0.ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<ListIdentitiesRequest>,
+    ) -> Result<Response<ListIdentitiesResponse>, Status> {
+        require_admin(&request)?;
+        self.0
+            .consensus
+            .read_barrier()
+            .await
+            .map_err(ApiError::from)?;
+        let identities = identities::list(&self.0.store)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(issued, state)| IdentityInfo {
+                name: issued.name,
+                role: issued.role,
+                serial: issued.serial,
+                not_after: issued.not_after,
+                issued_at: issued.issued_at,
+                state: state.as_str().to_string(),
+            })
+            .collect();
+        Ok(Response::new(ListIdentitiesResponse { identities }))
+    }
+
+    async fn revoke_identity(
+        &self,
+        request: Request<RevokeIdentityRequest>,
+    ) -> Result<Response<RevokeIdentityResponse>, Status> {
+        let caller = require_admin(&request)?;
+        let name = &request.get_ref().name;
+        self.0
+            .consensus
+            .read_barrier()
+            .await
+            .map_err(ApiError::from)?;
+        let certificates: Vec<_> = identities::list(&self.0.store)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|(issued, _)| &issued.name == name)
+            .collect();
+        if certificates.is_empty() {
+            return Err(Status::not_found(format!("no identity named {name:?}")));
+        }
+        if certificates
+            .iter()
+            .any(|(issued, _)| issued.role == "member")
+        {
+            return Err(Status::failed_precondition(format!(
+                "{name:?} is a member: remove it with `etcdctl member remove` (that revokes its \
+                 certificate too)"
+            )));
+        }
+        if certificates
+            .iter()
+            .any(|(issued, _)| issued.serial == caller.serial_hex)
+        {
+            return Err(Status::failed_precondition(
+                "refusing to revoke the identity this request was made with",
+            ));
+        }
+        let mut serials = Vec::new();
+        for (issued, state) in certificates {
+            if state == identities::CertificateState::Revoked {
+                continue;
+            }
+            self.propose_setting(identities::deny(
+                &issued.serial,
+                &format!("identity {name} revoked"),
+                issued.not_after,
+            ))
+            .await?;
+            serials.push(issued.serial);
+        }
+        tracing::info!(%name, ?serials, "identity revoked");
+        Ok(Response::new(RevokeIdentityResponse { serials }))
     }
 }

@@ -13,16 +13,11 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::ApiContext;
+use crate::identities;
 use crate::mvcc::CommandResponse;
-use crate::proto::bulwarkpb::{command, Setting};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
 use crate::raft::{MemberNode, NodeId, RaftStatus};
-
-/// Settings name under which a denied certificate serial is recorded.
-pub fn deny_setting(serial_hex: &str) -> String {
-    format!("deny/{serial_hex}")
-}
 
 pub struct ClusterService(pub(super) Arc<ApiContext>);
 
@@ -132,11 +127,15 @@ impl Cluster for ClusterService {
         let (node, is_learner) = self.find(id)?;
         // Deny first: from the moment it is out, nothing it presents may be accepted.
         if !node.cert_serial.is_empty() {
-            let deny = command::Kind::SetSetting(Setting {
-                name: deny_setting(&node.cert_serial),
-                // Never empty: an empty value would remove the entry.
-                value: format!("member {}", node.name).into_bytes(),
-            });
+            // Denied until the certificate expires (for ever if the registry does not know it).
+            let not_after = identities::issued(&self.0.store, &node.cert_serial)
+                .map_err(ApiError::from)?
+                .map_or(0, |issued| issued.not_after);
+            let deny = identities::deny(
+                &node.cert_serial,
+                &format!("member {} removed", node.name),
+                not_after,
+            );
             match self.0.propose(deny).await? {
                 CommandResponse::SettingStored => {}
                 other => return Err(Status::internal(format!("unexpected {other:?}"))),

@@ -250,6 +250,19 @@ where
     }
 }
 
+impl From<crate::identities::IssueError> for Status {
+    fn from(error: crate::identities::IssueError) -> Self {
+        use crate::identities::IssueError;
+        match error {
+            IssueError::Request(_) => Status::invalid_argument(error.to_string()),
+            IssueError::Consensus(error) => error.into(),
+            IssueError::Issued(_) | IssueError::Unexpected(_) => {
+                Status::internal(error.to_string())
+            }
+        }
+    }
+}
+
 impl From<ProposeError> for Status {
     fn from(error: ProposeError) -> Self {
         ApiError::from(error).into()

@@ -20,8 +20,6 @@ mod recipes;
 pub mod validate;
 mod watch;
 
-pub use cluster::deny_setting;
-
 use std::sync::Arc;
 
 use prost::Message;
@@ -81,6 +79,8 @@ pub struct ApiContext {
     pub store: Arc<Store>,
     pub consensus: Arc<Consensus>,
     pub lessor: Arc<crate::lease::Lessor>,
+    /// Signs client identities (`identity issue`); every member holds the CA key.
+    pub ca: Arc<crate::pki::ClusterCa>,
     pub member: MemberInfo,
     pub limits: Limits,
 }

@@ -241,7 +241,15 @@ pub struct TokenArgs {
 enum TokenAction {
     /// Print the join token for a role (admin identity only).
     Show {
-        /// The role the token admits: `manager`.
+        /// The role the token admits: `manager` (new members) or `client` (`bulwark login`).
+        role: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Replace a role's join token: the old one stops working at once; certificates already
+    /// issued are unaffected (admin identity only).
+    Rotate {
+        /// `manager` or `client`.
         role: String,
         #[command(flatten)]
         connect: ConnectArgs,
@@ -249,14 +257,18 @@ enum TokenAction {
 }
 
 pub async fn token(args: TokenArgs) -> Result<(), String> {
-    match args.action {
-        TokenAction::Show { role, connect } => {
-            let mut admin = AdminClient::new(channel(&connect).await?);
-            let response = with_timeout(admin.show_token(ShowTokenRequest { role })).await?;
-            println!("{}", response.token);
-            Ok(())
-        }
-    }
+    let (rotate, role, connect) = match args.action {
+        TokenAction::Show { role, connect } => (false, role, connect),
+        TokenAction::Rotate { role, connect } => (true, role, connect),
+    };
+    let mut admin = AdminClient::new(channel(&connect).await?);
+    let request = ShowTokenRequest { role };
+    let response = match rotate {
+        false => with_timeout(admin.show_token(request)).await?,
+        true => with_timeout(admin.rotate_token(request)).await?,
+    };
+    println!("{}", response.token);
+    Ok(())
 }
 
 pub(super) async fn with_timeout<T>(

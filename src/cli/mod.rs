@@ -4,6 +4,7 @@
 
 mod client;
 mod coordination;
+mod identity;
 mod output;
 mod snapshot;
 
@@ -55,6 +56,11 @@ enum Command {
     Lease(coordination::LeaseArgs),
     /// Snapshots: save one from a member, restore one into a new cluster.
     Snapshot(snapshot::SnapshotArgs),
+    /// Get a client identity with the client join token (key made here, CSR signed by the
+    /// cluster): writes ca.crt, client.crt and client.key for etcdctl and every etcd client.
+    Login(identity::LoginArgs),
+    /// Client identities (admin identity only): issue, list, revoke.
+    Identity(identity::IdentityArgs),
     /// Hold a distributed lock while a command runs (`bulwark lock NAME -- COMMAND ...`).
     Lock(coordination::LockArgs),
     /// Benchmark Bulwark against etcd, side by side on this machine (`--quick` for a smoke run).
@@ -235,6 +241,8 @@ pub fn main() -> ExitCode {
             Command::Lease(args) => coordination::lease(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args).await,
             Command::Lock(args) => coordination::lock(args).await,
+            Command::Login(args) => identity::login(args).await,
+            Command::Identity(args) => identity::identity(args).await,
             Command::Bench(args) => crate::bench::main(args).await,
         }
     });

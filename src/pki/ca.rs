@@ -155,6 +155,21 @@ impl ClusterCa {
         Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
     }
 
+    /// Signs a client identity for the public key in `csr_pem`: CN = `name`, OU =
+    /// [`CLIENT_OU`], EKU clientAuth, as [`ClusterCa::issue_client`]; only the key is taken from
+    /// the request. The private key stays with whoever made the request.
+    pub fn sign_client_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = self.leaf_params(name, CLIENT_OU, ttl)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+    }
+
     /// Parameters shared by every end-entity certificate; the caller adds EKUs and SANs.
     fn leaf_params(
         &self,
@@ -241,9 +256,9 @@ fn member_sans(hosts: &[String]) -> Result<Vec<SanType>, PkiError> {
     Ok(sans)
 }
 
-/// A certificate signing request for a member named `name`, with a fresh P-256 key that the
-/// caller keeps: returns (CSR PEM, private key PEM).
-pub fn member_csr(name: &str) -> Result<(String, String), PkiError> {
+/// A certificate signing request for a member or client named `name`, with a fresh P-256 key
+/// that the caller keeps: returns (CSR PEM, private key PEM). The CA decides the subject's role.
+pub fn certificate_request(name: &str) -> Result<(String, String), PkiError> {
     if name.is_empty() {
         return Err(PkiError::EmptyName);
     }
@@ -264,7 +279,7 @@ mod tests {
     #[test]
     fn a_signed_csr_keeps_the_joiners_key_and_the_cas_subject() {
         let ca = ClusterCa::generate(7).unwrap();
-        let (csr, key) = member_csr("m2").unwrap();
+        let (csr, key) = certificate_request("m2").unwrap();
         let cert = ca
             .sign_member_csr(&csr, "m2", &["10.1.2.3".to_string()], DAY)
             .unwrap();

@@ -34,7 +34,7 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-pub use ca::{member_csr, ClusterCa};
+pub use ca::{certificate_request, ClusterCa};
 pub use files::write_private_file;
 pub use identity::{identity_of, PeerIdentity, Role};
 pub use pem::first_cert_der;

@@ -18,17 +18,20 @@ use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::datadir::{create_private_dir, format_id, DataDir, MemberConfig};
-use super::{host_of, random_id, write_private, write_public, ServerError, MEMBER_CERT_TTL};
+use super::{
+    host_of, random_id, write_private, write_public, ServerError, ADMIN_NAME, MEMBER_CERT_TTL,
+};
+use crate::identities::{self, IssuedCertificate};
 use crate::mvcc::Store;
 use crate::pki::{self, ClusterCa, JoinToken};
 use crate::proto::bulwarkpb::join_client::JoinClient;
 use crate::proto::bulwarkpb::join_server::Join;
-use crate::proto::bulwarkpb::{FetchCaRequest, FetchCaResponse, JoinRequest, JoinResponse};
+use crate::proto::bulwarkpb::{
+    FetchCaRequest, FetchCaResponse, JoinRequest, JoinResponse, LoginRequest, LoginResponse,
+};
 use crate::raft::network::tls_channel;
 use crate::raft::{Consensus, MemberNode};
 
-/// Where the manager join token is kept in the replicated cluster settings.
-pub const MANAGER_TOKEN_SETTING: &str = "join-token/manager";
 /// How many times a joiner follows "ask the leader" redirects.
 const MAX_REDIRECTS: usize = 3;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +53,33 @@ impl Join for JoinService {
         }))
     }
 
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let request = request.into_inner();
+        // Linearizable: a token rotated a moment ago must already be refused here.
+        self.consensus.read_barrier().await?;
+        self.check_token("client", &request.token_secret, &request.name)?;
+        if request.name == ADMIN_NAME {
+            return Err(Status::permission_denied(format!(
+                "{ADMIN_NAME:?} is the admin identity: a client token cannot obtain it"
+            )));
+        }
+        let client_cert_pem = identities::issue_client(
+            &self.consensus,
+            &self.ca,
+            &request.name,
+            &request.csr_pem,
+            identities::CLIENT_CERT_TTL,
+        )
+        .await?;
+        Ok(Response::new(LoginResponse {
+            client_cert_pem,
+            ca_cert_pem: self.ca.cert_pem().to_string(),
+        }))
+    }
+
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let request = request.into_inner();
         if !self.consensus.is_leader() {
@@ -62,19 +92,7 @@ impl Join for JoinService {
                 ..Default::default()
             }));
         }
-        let stored = self
-            .store
-            .setting(MANAGER_TOKEN_SETTING)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| JoinToken::parse(&text).ok())
-            .ok_or_else(|| Status::unavailable("the cluster has no join token yet"))?;
-        if !stored.secret_matches(&request.token_secret) {
-            tracing::warn!(name = %request.name, "refused a join with a wrong or rotated token");
-            return Err(Status::permission_denied(
-                "invalid join token: it is wrong or was rotated",
-            ));
-        }
+        self.check_token("manager", &request.token_secret, &request.name)?;
         if request.name.is_empty() {
             return Err(Status::invalid_argument("a member name is required"));
         }
@@ -87,11 +105,10 @@ impl Join for JoinService {
             .ca
             .sign_member_csr(&request.csr_pem, &request.name, &hosts, MEMBER_CERT_TTL)
             .map_err(|e| Status::invalid_argument(format!("certificate request refused: {e}")))?;
-        let cert_serial = pki::identity_of(
-            &pki::first_cert_der(&member_cert_pem).map_err(|e| Status::internal(e.to_string()))?,
-        )
-        .map_err(|e| Status::internal(e.to_string()))?
-        .serial_hex;
+        let issued = IssuedCertificate::of_pem(&member_cert_pem)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.consensus.propose(issued.record()).await?;
+        let cert_serial = issued.serial;
         let mut node = MemberNode {
             name: request.name.clone(),
             peer_addr: request.peer_addr.clone(),
@@ -140,6 +157,28 @@ impl Join for JoinService {
     }
 }
 
+impl JoinService {
+    /// Refuses `secret` unless it is the current join token of `role`.
+    fn check_token(&self, role: &str, secret: &str, name: &str) -> Result<(), Status> {
+        let setting = identities::token_setting(role).expect("a token role");
+        let stored = self
+            .store
+            .setting(&setting)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| JoinToken::parse(&text).ok())
+            .ok_or_else(|| Status::unavailable(format!("the cluster has no {role} token yet")))?;
+        if stored.secret_matches(secret) {
+            Ok(())
+        } else {
+            tracing::warn!(%name, %role, "refused a wrong or rotated join token");
+            Err(Status::permission_denied(
+                "invalid join token: it is wrong or was rotated",
+            ))
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error(transparent)]
@@ -148,12 +187,63 @@ pub enum JoinError {
     Unreachable(String, String),
     #[error("the CA certificate served by {0} does not match the token's digest: refusing to join (wrong cluster, or someone in the middle)")]
     CaMismatch(String),
-    #[error("join refused by {0}: {1}")]
+    #[error("refused by {0}: {1}")]
     Refused(String, String),
     #[error("too many redirects while looking for the leader")]
     Redirects,
     #[error(transparent)]
     Local(#[from] ServerError),
+}
+
+/// Fetches the cluster CA certificate from `peer` over a connection that trusts nothing yet,
+/// and accepts it only if it is the CA `token` pins (the digest in the token).
+pub async fn fetch_pinned_ca(peer: &str, token: &JoinToken) -> Result<String, JoinError> {
+    let unreachable = |e: Status| JoinError::Unreachable(peer.to_string(), e.message().to_string());
+    let mut anonymous = JoinClient::new(tls_channel(peer, pki::unverified_client_tls_config()));
+    let ca_cert_pem = tokio::time::timeout(JOIN_TIMEOUT, anonymous.fetch_ca(FetchCaRequest {}))
+        .await
+        .map_err(|_| JoinError::Unreachable(peer.to_string(), "timed out".into()))?
+        .map_err(unreachable)?
+        .into_inner()
+        .ca_cert_pem;
+    if !token.pins(&ca_cert_pem) {
+        return Err(JoinError::CaMismatch(peer.to_string()));
+    }
+    Ok(ca_cert_pem)
+}
+
+/// Gets a client identity named `name` from the cluster `peer` belongs to with the client join
+/// token: pins the CA, makes a key here (it never leaves) and has its CSR signed. Returns the
+/// signed certificate, the CA certificate and the private key, all PEM.
+pub async fn login(
+    token: &str,
+    peer: &str,
+    name: &str,
+) -> Result<(String, String, String), JoinError> {
+    let token = JoinToken::parse(token)?;
+    let ca_cert_pem = fetch_pinned_ca(peer, &token).await?;
+    let (csr_pem, key_pem) = pki::certificate_request(name)?;
+    let verified = pki::anonymous_client_tls_config(&ca_cert_pem)?;
+    let mut client = JoinClient::new(tls_channel(peer, verified));
+    let request = LoginRequest {
+        token_secret: token.secret.clone(),
+        csr_pem,
+        name: name.to_string(),
+    };
+    let response = tokio::time::timeout(JOIN_TIMEOUT, client.login(request))
+        .await
+        .map_err(|_| JoinError::Unreachable(peer.to_string(), "timed out".into()))?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable => {
+                JoinError::Unreachable(peer.to_string(), status.message().to_string())
+            }
+            _ => JoinError::Refused(peer.to_string(), status.message().to_string()),
+        })?
+        .into_inner();
+    if !token.pins(&response.ca_cert_pem) {
+        return Err(JoinError::CaMismatch(peer.to_string()));
+    }
+    Ok((response.client_cert_pem, response.ca_cert_pem, key_pem))
 }
 
 pub struct JoinOptions {
@@ -179,20 +269,10 @@ pub async fn join(
     options.addresses.hosts()?;
 
     // 1. The CA, fetched without trusting it, then pinned.
-    let unreachable = |e: Status| JoinError::Unreachable(peer.to_string(), e.message().to_string());
-    let mut anonymous = JoinClient::new(tls_channel(peer, pki::unverified_client_tls_config()));
-    let ca_cert_pem = tokio::time::timeout(JOIN_TIMEOUT, anonymous.fetch_ca(FetchCaRequest {}))
-        .await
-        .map_err(|_| JoinError::Unreachable(peer.to_string(), "timed out".into()))?
-        .map_err(unreachable)?
-        .into_inner()
-        .ca_cert_pem;
-    if !token.pins(&ca_cert_pem) {
-        return Err(JoinError::CaMismatch(peer.to_string()));
-    }
+    let ca_cert_pem = fetch_pinned_ca(peer, &token).await?;
 
     // 2. A key that stays here, and a CSR for it.
-    let (csr_pem, key_pem) = pki::member_csr(&options.name)?;
+    let (csr_pem, key_pem) = pki::certificate_request(&options.name)?;
     let verified = pki::anonymous_client_tls_config(&ca_cert_pem)?;
     let mut target = peer.to_string();
     let mut admitted = None;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiContext, Limits, MemberInfo};
+use crate::identities;
 use crate::mvcc::{MvccError, Store};
 use crate::pki::{self, CertifiedKey, ClusterCa, PkiError};
 use crate::proto::bulwarkpb::join_server::JoinServer;
@@ -237,16 +238,25 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
                     .serial_hex,
             })
             .await?;
-        ensure_join_token(&consensus, &store, ca.cert_pem()).await?;
+        // The admin identity `init` wrote, if the operator has not moved it away.
+        let issued_here: Vec<String> = std::iter::once(identity.cert_pem.clone())
+            .chain(std::fs::read_to_string(data.admin_cert()).ok())
+            .collect();
+        ensure_cluster_records(&consensus, &store, ca.cert_pem(), &issued_here).await?;
     }
     let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
     let heartbeats = tokio::spawn(consensus.clone().send_heartbeats());
     let lessor = crate::lease::Lessor::new(consensus.clone(), store.clone());
     let expiry = tokio::spawn(lessor.clone().run());
+    let denial_sweeper = tokio::spawn(identities::sweep_expired_denials(
+        consensus.clone(),
+        store.clone(),
+    ));
     let context = Arc::new(ApiContext {
         store: store.clone(),
         consensus: consensus.clone(),
         lessor: lessor.clone(),
+        ca: ca.clone(),
         member: MemberInfo {
             cluster_id: config.cluster_id()?,
             member_id,
@@ -343,6 +353,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     promoter.abort();
     heartbeats.abort();
     expiry.abort();
+    denial_sweeper.abort();
     consensus.shutdown().await;
     result?;
     println!("bulwark: stopped");
@@ -354,7 +365,7 @@ struct ReplicatedDenyList(Arc<Store>);
 
 impl transport::DenyList for ReplicatedDenyList {
     fn is_denied(&self, serial_hex: &str) -> bool {
-        match self.0.setting(&api::deny_setting(serial_hex)) {
+        match self.0.setting(&crate::identities::deny_setting(serial_hex)) {
             Ok(entry) => entry.is_some(),
             Err(error) => {
                 // Fail closed: a member that cannot read its state cannot vouch for anyone.
@@ -365,25 +376,33 @@ impl transport::DenyList for ReplicatedDenyList {
     }
 }
 
-/// A new cluster's first start: creates the manager join token once, through consensus, so every
-/// member can check it.
-async fn ensure_join_token(
+/// A new cluster's first start: creates each role's join token once, and records the first
+/// member's and the admin's certificates in the identity registry, through consensus, so every
+/// member can check and list them. Idempotent: whatever exists is kept.
+async fn ensure_cluster_records(
     consensus: &Consensus,
     store: &Store,
     ca_cert_pem: &str,
+    issued_here: &[String],
 ) -> Result<(), ServerError> {
-    if store.setting(join::MANAGER_TOKEN_SETTING)?.is_some() {
-        return Ok(());
+    for role in identities::TOKEN_ROLES {
+        let setting = identities::token_setting(role).expect("a token role");
+        if store.setting(&setting)?.is_none() {
+            let token = pki::JoinToken::generate(ca_cert_pem)?;
+            consensus
+                .propose(identities::set_setting(
+                    setting,
+                    token.to_string().into_bytes(),
+                ))
+                .await?;
+        }
     }
-    let token = pki::JoinToken::generate(ca_cert_pem)?;
-    consensus
-        .propose(crate::proto::bulwarkpb::command::Kind::SetSetting(
-            crate::proto::bulwarkpb::Setting {
-                name: join::MANAGER_TOKEN_SETTING.to_string(),
-                value: token.to_string().into_bytes(),
-            },
-        ))
-        .await?;
+    for cert_pem in issued_here {
+        let issued = identities::IssuedCertificate::of_pem(cert_pem)?;
+        if identities::issued(store, &issued.serial)?.is_none() {
+            consensus.propose(issued.record()).await?;
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,238 @@
+//! Client identities from the command line: `login` (with the client join token), and the
+//! admin's `identity issue|list|revoke`. Keys are generated here and never sent: the cluster
+//! signs a CSR.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use super::client::{channel, with_timeout, ConnectArgs};
+use super::output::{bordered_table, Format};
+use crate::pki;
+use crate::proto::bulwarkpb::admin_client::AdminClient;
+use crate::proto::bulwarkpb::{IssueIdentityRequest, ListIdentitiesRequest, RevokeIdentityRequest};
+use crate::server::join;
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The client join token (`bulwark token show client` prints it).
+    #[arg(long, env = "BULWARK_CLIENT_TOKEN")]
+    token: String,
+    /// Peer address (HOST:PORT) of any member.
+    #[arg(long)]
+    peer: String,
+    /// The identity's name: the certificate's CN, etcd's user name.
+    #[arg(long)]
+    name: String,
+    /// Where to write ca.crt, client.crt and client.key (created if missing; existing identity
+    /// files are never overwritten).
+    #[arg(long, default_value = "bulwark-identity")]
+    out: PathBuf,
+}
+
+pub async fn login(args: LoginArgs) -> Result<(), String> {
+    let (cert_pem, ca_pem, key_pem) = join::login(&args.token, &args.peer, &args.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    write_identity(&args.out, &ca_pem, &cert_pem, &key_pem)?;
+    print_written(&args.out, &args.name);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    #[command(subcommand)]
+    action: IdentityAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum IdentityAction {
+    /// Issue a client identity (admin identity only); the key is made here.
+    Issue {
+        name: String,
+        /// Lifetime, e.g. 90d, 12h, 30m (default 90d).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Where to write ca.crt, client.crt and client.key (default: ./NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Every certificate the cluster issued: name, role, serial, expiry, state.
+    List {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Revoke every certificate of a client identity: refused by every member from now on.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn identity(args: IdentityArgs) -> Result<(), String> {
+    match args.action {
+        IdentityAction::Issue {
+            name,
+            ttl,
+            out,
+            connect,
+        } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            let (csr_pem, key_pem) = pki::certificate_request(&name).map_err(|e| e.to_string())?;
+            let mut admin = AdminClient::new(channel(&connect).await?);
+            let issued = with_timeout(admin.issue_identity(IssueIdentityRequest {
+                name: name.clone(),
+                csr_pem,
+                ttl_seconds: ttl.map_or(0, |ttl| ttl.as_secs()),
+            }))
+            .await?;
+            write_identity(&out, &issued.ca_cert_pem, &issued.client_cert_pem, &key_pem)?;
+            print_written(&out, &name);
+            Ok(())
+        }
+        IdentityAction::List { connect } => {
+            let format = connect.format();
+            let mut admin = AdminClient::new(channel(&connect).await?);
+            let listed = with_timeout(admin.list_identities(ListIdentitiesRequest {})).await?;
+            match format {
+                Format::Json => {
+                    let rows: Vec<_> = listed
+                        .identities
+                        .iter()
+                        .map(|identity| {
+                            serde_json::json!({
+                                "name": identity.name,
+                                "role": identity.role,
+                                "serial": identity.serial,
+                                "not_after": identity.not_after,
+                                "state": identity.state,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(rows));
+                }
+                _ => {
+                    let rows: Vec<Vec<String>> = listed
+                        .identities
+                        .iter()
+                        .map(|identity| {
+                            vec![
+                                identity.name.clone(),
+                                identity.role.clone(),
+                                identity.serial.clone(),
+                                utc(identity.not_after),
+                                identity.state.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        bordered_table(
+                            &["NAME", "ROLE", "SERIAL", "EXPIRES", "STATE"],
+                            &rows,
+                            usize::MAX
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+        IdentityAction::Revoke { name, connect } => {
+            let mut admin = AdminClient::new(channel(&connect).await?);
+            let revoked =
+                with_timeout(admin.revoke_identity(RevokeIdentityRequest { name: name.clone() }))
+                    .await?;
+            println!(
+                "identity {name} revoked ({} certificate(s)): every member refuses it from now on",
+                revoked.serials.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `90d`, `12h`, `30m`, `45s` (a bare number is seconds).
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90d, 12h, 30m or 45s"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be one of s, m, h, d")),
+    };
+    match count.checked_mul(unit) {
+        Some(0) | None => Err(format!("{text:?} is not a usable lifetime")),
+        Some(seconds) => Ok(Duration::from_secs(seconds)),
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc(seconds: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(seconds) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            at.year(),
+            at.month() as u8,
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => seconds.to_string(),
+    }
+}
+
+/// Writes an identity the way etcd clients read one: `ca.crt`, `client.crt`, `client.key`
+/// (0600, never overwritten) in `dir` (0700 when created).
+fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    let failed = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| failed(dir, e))?;
+    }
+    let key = dir.join("client.key");
+    pki::write_private_file(&key, key_pem.as_bytes()).map_err(|e| failed(&key, e))?;
+    for (name, pem) in [("client.crt", cert_pem), ("ca.crt", ca_pem)] {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map_err(|e| failed(&path, e))?;
+    }
+    Ok(())
+}
+
+fn print_written(dir: &Path, name: &str) {
+    let dir = dir.display();
+    println!("identity {name} written to {dir}/ (ca.crt, client.crt, client.key)");
+    println!("etcdctl --cacert={dir}/ca.crt --cert={dir}/client.crt --key={dir}/client.key ...");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_ttl("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "0s", "h", "1w", "-1d", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+    }
+}
