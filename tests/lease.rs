@@ -474,15 +474,38 @@ async fn a_keep_alive_answered_with_a_ttl_is_never_followed_by_the_leases_expiry
         .await
         .expect("a keep-alive stream")
         .into_inner();
+    // Each lease that answers a TTL is asked about a second later (a time-to-live on another
+    // connection, once a revoke in flight has had time to apply): it must be alive, with most
+    // of its renewed TTL left; -1 means it is gone.
+    let checker = client.clone();
     let reader = tokio::spawn(async move {
-        let mut answers = Vec::new();
-        while answers.len() < LEASES {
-            match tokio::time::timeout(DEADLINE, responses.message()).await {
-                Ok(Ok(Some(answer))) => answers.push((answer.id, answer.ttl, Instant::now())),
+        let mut checks = Vec::new();
+        let mut answers = 0;
+        while answers < LEASES {
+            let answer = match tokio::time::timeout(DEADLINE, responses.message()).await {
+                Ok(Ok(Some(answer))) => answer,
                 other => panic!("keep-alive stream: {other:?}"),
+            };
+            answers += 1;
+            if answer.ttl > 0 {
+                assert_eq!(answer.ttl, TTL, "{answer:?}");
+                let answered = Instant::now();
+                let mut client = checker.clone();
+                checks.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let (remaining, _, _) = time_to_live(&mut client, answer.id).await;
+                    let since = answered.elapsed();
+                    // The lease was renewed before its answer reached us: concluding needs the
+                    // question asked well within the TTL.
+                    assert!(
+                        since < Duration::from_secs(TTL as u64 - 1),
+                        "the check took {since:?}; nothing can be concluded"
+                    );
+                    (answer.id, remaining, since)
+                }));
             }
         }
-        answers
+        checks
     });
     for (index, (id, deadline)) in leases.iter().enumerate() {
         let offset = Duration::from_micros(index as u64 * 300_000 / LEASES as u64);
@@ -492,19 +515,14 @@ async fn a_keep_alive_answered_with_a_ttl_is_never_followed_by_the_leases_expiry
             .await
             .expect("sending a keep-alive");
     }
-    let answers = reader.await.expect("the keep-alive reader");
+    let checks = reader.await.expect("the keep-alive reader");
 
+    let renewed = checks.len();
     let mut lost = Vec::new();
-    let renewed: Vec<_> = answers.iter().filter(|(_, ttl, _)| *ttl > 0).collect();
-    for (id, ttl, answered) in &renewed {
-        assert_eq!(*ttl, TTL);
-        let (remaining, _, _) = time_to_live(&mut client, *id).await;
-        let since = answered.elapsed();
-        assert!(
-            since < Duration::from_secs(TTL as u64),
-            "the check itself took a TTL; nothing can be concluded"
-        );
-        if remaining <= 0 {
+    for check in checks {
+        let (id, remaining, since) = check.await.expect("a time-to-live check");
+        // -1 is a lease that no longer exists (0 is one with less than a second left).
+        if remaining < 0 {
             lost.push(format!(
                 "{id:016x} ({:.1} s after its renewal)",
                 since.as_secs_f64()
@@ -513,9 +531,8 @@ async fn a_keep_alive_answered_with_a_ttl_is_never_followed_by_the_leases_expiry
     }
     assert!(
         lost.is_empty(),
-        "{} of the {} leases renewed with TTL {TTL} are gone: {lost:?}",
+        "{} of the {renewed} leases renewed with TTL {TTL} are gone: {lost:?}",
         lost.len(),
-        renewed.len()
     );
 }
 
@@ -998,6 +1015,60 @@ fn bulwark_lease_grants_shows_keeps_alive_lists_and_revokes() {
         output.assert_failure();
         assert_eq!(output.stderr, format!("Error: {message}\n"), "{output}");
         assert_eq!(output.stdout, "", "{output}");
+    }
+}
+
+/// `bulwark lease` prints etcdctl's lines (`-w simple` is etcdctl's format, `-w json` is
+/// etcdctl's JSON for scripts, README "Run it"): the same attached-keys list as etcdctl, and
+/// the same JSON for `ttl`, `list` and `keep-alive` as `lease grant -w json` already gives.
+#[test]
+#[ignore = "bug: `bulwark lease ttl --keys` prints the keys quoted (attached keys([\"k\"]), \
+            etcdctl: [k]) and `-w json` is ignored by lease ttl, list and keep-alive"]
+fn bulwark_lease_prints_what_etcdctl_prints() {
+    let cluster = Cluster::single();
+    let member = cluster.member(0);
+    let etcdctl = member.etcdctl();
+    let lease = granted_id(member.cli(&["lease", "grant", "600"]).assert_success());
+    let id = hex(lease);
+    member
+        .cli(&["put", "held", "v", "--lease", &id])
+        .assert_success();
+
+    // The remaining seconds may tick between the two commands: compare around them.
+    let ours = member.cli(&["lease", "ttl", &id, "--keys", "-w", "simple"]);
+    let theirs = etcdctl.run(&["lease", "timetolive", "--keys", &id]);
+    let without_remaining = |line: &str| {
+        let (start, rest) = line.split_once("remaining(").expect("a remaining TTL");
+        format!(
+            "{start}{}",
+            rest.split_once(')').expect("a closing paren").1
+        )
+    };
+    assert_eq!(
+        without_remaining(&ours.assert_success().stdout),
+        without_remaining(&theirs.assert_success().stdout)
+    );
+
+    for (ours, theirs) in [
+        (
+            vec!["lease", "ttl", id.as_str(), "--keys"],
+            vec!["lease", "timetolive", id.as_str(), "--keys"],
+        ),
+        (vec!["lease", "list"], vec!["lease", "list"]),
+        (
+            vec!["lease", "keep-alive", "--once", id.as_str()],
+            vec!["lease", "keep-alive", "--once", id.as_str()],
+        ),
+    ] {
+        let mut ours = ours.clone();
+        ours.extend(["-w", "json"]);
+        let mut theirs = theirs.clone();
+        theirs.extend(["-w", "json"]);
+        let ours_json: Value =
+            serde_json::from_str(member.cli(&ours).assert_success().stdout.trim())
+                .unwrap_or_else(|e| panic!("bulwark {ours:?} did not print JSON: {e}"));
+        let theirs_json = etcdctl.run(&theirs).assert_success().json();
+        assert_eq!(shape(&ours_json), shape(&theirs_json), "{ours:?}");
     }
 }
 
