@@ -428,6 +428,56 @@ async fn snapshot_save_then_restore_gives_the_same_keys_history_and_hash_kv() {
     }
 }
 
+/// The recovery path when a quorum is lost for good: a snapshot saved earlier from a follower of
+/// a three-member cluster seeds a new one-member cluster that elects itself and takes writes,
+/// with the keys and `HashKV` the cluster had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_of_a_follower_restores_into_a_one_member_cluster_after_the_quorum_is_lost() {
+    let mut cluster = Cluster::start(ClusterOptions::new(3));
+    let leader = cluster.wait_leader(&[0, 1, 2]);
+    let follower = cluster.others(leader)[0];
+    let mut client = cluster.member(leader).client().await;
+    let (_, revision) = write_history(&mut client).await;
+    cluster.wait_converged(&[0, 1, 2]);
+    let expected = contents(cluster.member(leader), revision - 1);
+    let expected_hash = hash_kv(cluster.member(leader), revision).await;
+
+    let file = cluster.dir().join("follower.snap");
+    cluster
+        .member(follower)
+        .etcdctl()
+        .run(&["snapshot", "save", &file.display().to_string()])
+        .assert_success();
+    drop(client);
+    for index in 0..3 {
+        cluster.kill9(index);
+    }
+
+    let restored = restore_and_serve(&file, &cluster.dir().join("recovered"), "recovered", None);
+    assert_eq!(contents(&restored, revision - 1), expected);
+    assert_eq!(hash_kv(&restored, revision).await, expected_hash);
+    let mut client = restored.client().await;
+    let members = client.member_list().await.unwrap();
+    assert_eq!(
+        members.members().len(),
+        1,
+        "the old members do not carry over: {members:?}"
+    );
+    let status = client.status().await.unwrap();
+    assert_eq!(
+        status.leader(),
+        status.header().unwrap().member_id(),
+        "it leads itself"
+    );
+    let next = retry_unavailable(DEADLINE, || {
+        let mut client = client.clone();
+        async move { client.put("after", "recovery", None).await }
+    })
+    .await
+    .unwrap();
+    assert_eq!(next.header().unwrap().revision(), revision + 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_keeping_the_old_ca_accepts_the_old_identities_and_one_without_refuses_them() {
     let source = Cluster::single();
