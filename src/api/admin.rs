@@ -14,9 +14,9 @@ use crate::mvcc::CommandResponse;
 use crate::pki::{self, JoinToken, Role};
 use crate::proto::bulwarkpb::admin_server::Admin;
 use crate::proto::bulwarkpb::{
-    command, IdentityInfo, IssueIdentityRequest, ListIdentitiesRequest, ListIdentitiesResponse,
-    LoginResponse, RevokeIdentityRequest, RevokeIdentityResponse, ShowTokenRequest,
-    ShowTokenResponse,
+    command, CaRoot, CaStatusRequest, CaStatusResponse, IdentityInfo, IssueIdentityRequest,
+    ListIdentitiesRequest, ListIdentitiesResponse, LoginResponse, RevokeIdentityRequest,
+    RevokeIdentityResponse, ShowTokenRequest, ShowTokenResponse, UpdateCaRequest, UpdateCaResponse,
 };
 
 /// The admin identity's common name (etcd's `root` user).
@@ -130,14 +130,7 @@ impl Admin for AdminService {
         let identities = identities::list(&self.0.store)
             .map_err(ApiError::from)?
             .into_iter()
-            .map(|(issued, state)| IdentityInfo {
-                name: issued.name,
-                role: issued.role,
-                serial: issued.serial,
-                not_after: issued.not_after,
-                issued_at: issued.issued_at,
-                state: state.as_str().to_string(),
-            })
+            .map(|(issued, state)| identity_info(issued, state))
             .collect();
         Ok(Response::new(ListIdentitiesResponse { identities }))
     }
@@ -193,5 +186,83 @@ impl Admin for AdminService {
         }
         tracing::info!(%name, ?serials, "identity revoked");
         Ok(Response::new(RevokeIdentityResponse { serials }))
+    }
+
+    async fn update_ca(
+        &self,
+        request: Request<UpdateCaRequest>,
+    ) -> Result<Response<UpdateCaResponse>, Status> {
+        require_admin(&request)?;
+        let ttl = Duration::from_secs(request.get_ref().member_cert_ttl_seconds);
+        if ttl < identities::MIN_MEMBER_CERT_TTL || ttl > identities::DEFAULT_MEMBER_CERT_TTL * 4 {
+            return Err(Status::invalid_argument(format!(
+                "a member certificate lifetime must be between {}s and {}s",
+                identities::MIN_MEMBER_CERT_TTL.as_secs(),
+                (identities::DEFAULT_MEMBER_CERT_TTL * 4).as_secs()
+            )));
+        }
+        self.propose_setting(identities::set_member_cert_ttl(ttl))
+            .await?;
+        tracing::info!(?ttl, "member certificate lifetime changed");
+        Ok(Response::new(UpdateCaResponse {
+            member_cert_ttl_seconds: ttl.as_secs(),
+        }))
+    }
+
+    async fn ca_status(
+        &self,
+        request: Request<CaStatusRequest>,
+    ) -> Result<Response<CaStatusResponse>, Status> {
+        require_admin(&request)?;
+        self.0
+            .consensus
+            .read_barrier()
+            .await
+            .map_err(ApiError::from)?;
+        let internal = |e: pki::PkiError| Status::internal(e.to_string());
+        let roots = pki::certs_from_pem(self.0.ca.cert_pem())
+            .map_err(internal)?
+            .iter()
+            .map(|der| {
+                let root = pki::identity_of(der).map_err(internal)?;
+                Ok(CaRoot {
+                    subject: root.common_name,
+                    digest: pki::der_digest(der),
+                    not_after: identities::unix_seconds(root.not_after),
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        let listed = identities::list(&self.0.store).map_err(ApiError::from)?;
+        let mut members = Vec::new();
+        for (id, node, _) in self.0.consensus.status().members {
+            // Its newest certificate (renewals come later than the one it joined with).
+            let newest = listed
+                .iter()
+                .filter(|(issued, _)| issued.member_id == id || issued.serial == node.cert_serial)
+                .max_by_key(|(issued, _)| (issued.issued_at, issued.not_after));
+            if let Some((issued, state)) = newest {
+                members.push(identity_info(issued.clone(), *state));
+            }
+        }
+        let ttl = identities::member_cert_ttl(&self.0.store).map_err(ApiError::from)?;
+        Ok(Response::new(CaStatusResponse {
+            roots,
+            member_cert_ttl_seconds: ttl.as_secs(),
+            members,
+        }))
+    }
+}
+
+fn identity_info(
+    issued: identities::IssuedCertificate,
+    state: identities::CertificateState,
+) -> IdentityInfo {
+    IdentityInfo {
+        name: issued.name,
+        role: issued.role,
+        serial: issued.serial,
+        not_after: issued.not_after,
+        issued_at: issued.issued_at,
+        state: state.as_str().to_string(),
     }
 }

@@ -125,18 +125,24 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         let (node, is_learner) = self.find(id)?;
-        // Deny first: from the moment it is out, nothing it presents may be accepted.
-        if !node.cert_serial.is_empty() {
-            // Denied until the certificate expires (for ever if the registry does not know it).
-            let not_after = identities::issued(&self.0.store, &node.cert_serial)
-                .map_err(ApiError::from)?
-                .map_or(0, |issued| issued.not_after);
-            let deny = identities::deny(
-                &node.cert_serial,
-                &format!("member {} removed", node.name),
-                not_after,
-            );
-            match self.0.propose(deny).await? {
+        // Deny first: from the moment it is out, nothing it presents may be accepted: the
+        // certificate it joined with and every renewal of it, each until it expires (the one it
+        // joined with for ever if the registry does not know it).
+        let mut denials: Vec<(String, i64)> = identities::member_certificates(&self.0.store, id)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|issued| (issued.serial, issued.not_after))
+            .collect();
+        if !node.cert_serial.is_empty() && !denials.iter().any(|(s, _)| *s == node.cert_serial) {
+            denials.push((node.cert_serial.clone(), 0));
+        }
+        for (serial, not_after) in denials {
+            let reason = format!("member {} removed", node.name);
+            match self
+                .0
+                .propose(identities::deny(&serial, &reason, not_after))
+                .await?
+            {
                 CommandResponse::SettingStored => {}
                 other => return Err(Status::internal(format!("unexpected {other:?}"))),
             }

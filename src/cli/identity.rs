@@ -11,7 +11,10 @@ use super::client::{channel, with_timeout, ConnectArgs};
 use super::output::{bordered_table, Format};
 use crate::pki;
 use crate::proto::bulwarkpb::admin_client::AdminClient;
-use crate::proto::bulwarkpb::{IssueIdentityRequest, ListIdentitiesRequest, RevokeIdentityRequest};
+use crate::proto::bulwarkpb::{
+    CaStatusRequest, IssueIdentityRequest, ListIdentitiesRequest, RevokeIdentityRequest,
+    UpdateCaRequest,
+};
 use crate::server::join;
 
 #[derive(Debug, Args)]
@@ -149,6 +152,99 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
             println!(
                 "identity {name} revoked ({} certificate(s)): every member refuses it from now on",
                 revoked.serials.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    action: CaAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CaAction {
+    /// Show the roots, the member certificate lifetime and each member's certificate.
+    Status {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Change the CA's settings (admin identity only).
+    Update {
+        /// Lifetime of member certificates, e.g. 90d or 1h; members renew to it at once when
+        /// theirs lives longer, and at 50-80 % of it from then on.
+        #[arg(long, value_parser = parse_ttl)]
+        cert_ttl: Duration,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn ca(args: CaArgs) -> Result<(), String> {
+    match args.action {
+        CaAction::Update { cert_ttl, connect } => {
+            let mut admin = AdminClient::new(channel(&connect).await?);
+            let updated = with_timeout(admin.update_ca(UpdateCaRequest {
+                member_cert_ttl_seconds: cert_ttl.as_secs(),
+            }))
+            .await?;
+            println!(
+                "member certificates now live {}s; members renew to it",
+                updated.member_cert_ttl_seconds
+            );
+            Ok(())
+        }
+        CaAction::Status { connect } => {
+            let format = connect.format();
+            let mut admin = AdminClient::new(channel(&connect).await?);
+            let status = with_timeout(admin.ca_status(CaStatusRequest {})).await?;
+            if matches!(format, Format::Json) {
+                let json = serde_json::json!({
+                    "roots": status.roots.iter().map(|root| serde_json::json!({
+                        "subject": root.subject,
+                        "digest": root.digest,
+                        "not_after": root.not_after,
+                    })).collect::<Vec<_>>(),
+                    "member_cert_ttl_seconds": status.member_cert_ttl_seconds,
+                    "members": status.members.iter().map(|member| serde_json::json!({
+                        "name": member.name,
+                        "serial": member.serial,
+                        "not_after": member.not_after,
+                        "state": member.state,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{json}");
+                return Ok(());
+            }
+            for root in &status.roots {
+                println!(
+                    "root: {} (sha256 {}), expires {}",
+                    root.subject,
+                    root.digest,
+                    utc(root.not_after)
+                );
+            }
+            println!(
+                "member certificate lifetime: {}s",
+                status.member_cert_ttl_seconds
+            );
+            let rows: Vec<Vec<String>> = status
+                .members
+                .iter()
+                .map(|member| {
+                    vec![
+                        member.name.clone(),
+                        member.serial.clone(),
+                        utc(member.not_after),
+                        member.state.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                bordered_table(&["MEMBER", "SERIAL", "EXPIRES", "STATE"], &rows, usize::MAX)
             );
             Ok(())
         }

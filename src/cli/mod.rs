@@ -61,6 +61,8 @@ enum Command {
     Login(identity::LoginArgs),
     /// Client identities (admin identity only): issue, list, revoke.
     Identity(identity::IdentityArgs),
+    /// The cluster CA: status (roots, member certificates), update (certificate lifetime).
+    Ca(identity::CaArgs),
     /// Hold a distributed lock while a command runs (`bulwark lock NAME -- COMMAND ...`).
     Lock(coordination::LockArgs),
     /// Benchmark Bulwark against etcd, side by side on this machine (`--quick` for a smoke run).
@@ -243,6 +245,7 @@ pub fn main() -> ExitCode {
             Command::Lock(args) => coordination::lock(args).await,
             Command::Login(args) => identity::login(args).await,
             Command::Identity(args) => identity::identity(args).await,
+            Command::Ca(args) => identity::ca(args).await,
             Command::Bench(args) => crate::bench::main(args).await,
         }
     });

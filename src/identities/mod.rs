@@ -30,6 +30,44 @@ const DENY_PREFIX: &str = "deny/";
 /// How often the leader drops denials of certificates that have expired.
 pub const DENY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default lifetime of a member certificate; `bulwark ca update --cert-ttl` changes it.
+pub const DEFAULT_MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The shortest member certificate lifetime `ca update` accepts: renewal (at 50 to 80 % of it)
+/// needs a quorum round trip, and tests need lifetimes of seconds, not days.
+pub const MIN_MEMBER_CERT_TTL: Duration = Duration::from_secs(20);
+const MEMBER_CERT_TTL_SETTING: &str = "ca/member-cert-ttl";
+
+/// The lifetime new and renewed member certificates get.
+pub fn member_cert_ttl(store: &Store) -> Result<Duration, MvccError> {
+    Ok(store
+        .setting(MEMBER_CERT_TTL_SETTING)?
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.parse::<u64>().ok())
+        .map_or(DEFAULT_MEMBER_CERT_TTL, Duration::from_secs))
+}
+
+/// The command that sets the member certificate lifetime.
+pub fn set_member_cert_ttl(ttl: Duration) -> command::Kind {
+    set_setting(
+        MEMBER_CERT_TTL_SETTING.to_string(),
+        ttl.as_secs().to_string().into_bytes(),
+    )
+}
+
+/// Serials of every certificate issued to member `member_id` that is not denied yet.
+pub fn member_certificates(
+    store: &Store,
+    member_id: u64,
+) -> Result<Vec<IssuedCertificate>, MvccError> {
+    Ok(list(store)?
+        .into_iter()
+        .filter(|(issued, state)| {
+            issued.member_id == member_id && *state != CertificateState::Revoked
+        })
+        .map(|(issued, _)| issued)
+        .collect())
+}
+
 /// Default lifetime of a client identity (`identity issue --ttl`, `login`).
 pub const CLIENT_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -63,6 +101,10 @@ pub struct IssuedCertificate {
     /// Seconds since the Unix epoch.
     pub not_after: i64,
     pub issued_at: i64,
+    /// The member a member certificate belongs to (0 for clients): removing the member denies
+    /// every certificate it was issued, renewed ones included.
+    #[serde(default)]
+    pub member_id: u64,
 }
 
 /// Why and until when a certificate is refused.
@@ -91,7 +133,7 @@ impl CertificateState {
     }
 }
 
-fn unix_seconds(time: SystemTime) -> i64 {
+pub fn unix_seconds(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs() as i64)
 }
@@ -119,6 +161,7 @@ impl IssuedCertificate {
             serial: identity.serial_hex.clone(),
             not_after: unix_seconds(identity.not_after),
             issued_at: now_unix(),
+            member_id: 0,
         }
     }
 

@@ -27,7 +27,7 @@ const CA_COMMON_NAME: &str = "Bulwark Root CA";
 const CA_VALIDITY: time::Duration = time::Duration::days(3653);
 /// How far in the past issued certificates start, so a member whose clock is behind the issuer's
 /// accepts them at once.
-const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
+pub const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
 /// Names every member certificate carries, so local tools can always reach a member.
 const ALWAYS_LOCAL: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -291,7 +291,11 @@ mod tests {
             cert_pem: cert,
             key_pem: key,
         };
-        crate::pki::server_tls_config(ca.cert_pem(), &pair).unwrap();
+        crate::pki::server_tls_config(
+            ca.cert_pem(),
+            &crate::pki::LiveIdentity::new(&pair).unwrap(),
+        )
+        .unwrap();
         assert!(ca.sign_member_csr("not a csr", "m2", &[], DAY).is_err());
     }
 

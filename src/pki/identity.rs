@@ -25,6 +25,7 @@ pub struct PeerIdentity {
     pub role: Role,
     /// The serial number in lowercase hex, without separators (the key of the deny list).
     pub serial_hex: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -57,6 +58,7 @@ pub fn identity_of(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
+        not_before: cert.validity().not_before.to_datetime().into(),
         not_after: cert.validity().not_after.to_datetime().into(),
     })
 }

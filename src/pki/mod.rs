@@ -34,15 +34,15 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-pub use ca::{certificate_request, ClusterCa};
+pub use ca::{certificate_request, ClusterCa, CLOCK_SKEW};
 pub use files::write_private_file;
 pub use identity::{identity_of, PeerIdentity, Role};
-pub use pem::first_cert_der;
+pub use pem::{certs_from_pem, first_cert_der};
 pub use tls::{
     anonymous_client_tls_config, client_tls_config, peer_server_tls_config, server_tls_config,
-    unverified_client_tls_config,
+    unverified_client_tls_config, LiveIdentity,
 };
-pub use token::{ca_digest, JoinToken};
+pub use token::{ca_digest, der_digest, JoinToken};
 
 /// Subject OU of a member certificate (both ends of peer traffic, server of the client port).
 pub const MEMBER_OU: &str = "bulwark-member";

@@ -14,7 +14,7 @@ pub fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
 }
 
 /// Every certificate in `pem`, in order; at least one.
-pub(super) fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
         return Err(PkiError::NoCertificate);

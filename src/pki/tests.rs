@@ -77,7 +77,11 @@ async fn connect(
 fn cluster() -> (ClusterCa, Arc<ServerConfig>) {
     let ca = ClusterCa::generate(0x5eed).unwrap();
     let member = ca.issue_member("m1", &[], 90 * DAY).unwrap();
-    let server = server_tls_config(ca.cert_pem(), &member).unwrap();
+    let server = server_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&member).unwrap(),
+    )
+    .unwrap();
     (ca, server)
 }
 
@@ -85,7 +89,11 @@ fn cluster() -> (ClusterCa, Arc<ServerConfig>) {
 async fn client_with_a_certificate_from_the_ca_is_accepted_and_identified() {
     let (ca, server) = cluster();
     let alice = ca.issue_client("alice", DAY).unwrap();
-    let client = client_tls_config(ca.cert_pem(), &alice).unwrap();
+    let client = client_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&alice).unwrap(),
+    )
+    .unwrap();
 
     let outcome = connect(server, client, "localhost").await;
     let identity = outcome.server.unwrap();
@@ -98,7 +106,8 @@ async fn client_with_a_certificate_from_the_ca_is_accepted_and_identified() {
 async fn member_certificate_authenticates_as_a_peer() {
     let (ca, server) = cluster();
     let m2 = ca.issue_member("m2", &[], DAY).unwrap();
-    let client = client_tls_config(ca.cert_pem(), &m2).unwrap();
+    let client =
+        client_tls_config(ca.cert_pem(), &crate::pki::LiveIdentity::new(&m2).unwrap()).unwrap();
 
     let identity = connect(server, client, "localhost").await.server.unwrap();
     assert_eq!(
@@ -135,7 +144,11 @@ async fn client_with_a_certificate_from_another_ca_is_refused() {
         let stranger_ca = ClusterCa::generate(cluster_id).unwrap();
         let mallory = stranger_ca.issue_client("alice", DAY).unwrap();
         // Mallory trusts our CA, so only our server's check can stop her.
-        let client = client_tls_config(ca.cert_pem(), &mallory).unwrap();
+        let client = client_tls_config(
+            ca.cert_pem(),
+            &crate::pki::LiveIdentity::new(&mallory).unwrap(),
+        )
+        .unwrap();
 
         let outcome = connect(server.clone(), client, "localhost").await;
         let refusal = outcome.server.unwrap_err();
@@ -150,7 +163,11 @@ async fn expired_client_certificate_is_refused() {
     let expired = ca.issue_client("alice", Duration::ZERO).unwrap();
     // X.509 times have one-second resolution; make sure "now" is past not_after.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let client = client_tls_config(ca.cert_pem(), &expired).unwrap();
+    let client = client_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&expired).unwrap(),
+    )
+    .unwrap();
 
     let outcome = connect(server, client, "localhost").await;
     let refusal = outcome.server.unwrap_err();
@@ -162,7 +179,11 @@ async fn expired_client_certificate_is_refused() {
 async fn member_certificate_verifies_for_localhost_and_loopback_ips() {
     let (ca, server) = cluster();
     let alice = ca.issue_client("alice", DAY).unwrap();
-    let client = client_tls_config(ca.cert_pem(), &alice).unwrap();
+    let client = client_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&alice).unwrap(),
+    )
+    .unwrap();
 
     for name in ["localhost", "127.0.0.1", "::1"] {
         let outcome = connect(server.clone(), client.clone(), name).await;
@@ -179,9 +200,17 @@ async fn member_certificate_verifies_for_its_configured_hosts() {
     let ca = ClusterCa::generate(9).unwrap();
     let hosts = ["db1.example.com".to_string(), "127.0.0.2".to_string()];
     let member = ca.issue_member("m1", &hosts, DAY).unwrap();
-    let server = server_tls_config(ca.cert_pem(), &member).unwrap();
+    let server = server_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&member).unwrap(),
+    )
+    .unwrap();
     let alice = ca.issue_client("alice", DAY).unwrap();
-    let client = client_tls_config(ca.cert_pem(), &alice).unwrap();
+    let client = client_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&alice).unwrap(),
+    )
+    .unwrap();
 
     for name in ["db1.example.com", "127.0.0.2"] {
         let outcome = connect(server.clone(), client.clone(), name).await;
@@ -194,8 +223,13 @@ async fn client_identity_cannot_serve() {
     let (ca, _) = cluster();
     let alice = ca.issue_client("alice", DAY).unwrap();
     let bob = ca.issue_client("bob", DAY).unwrap();
-    let impostor = server_tls_config(ca.cert_pem(), &alice).unwrap();
-    let client = client_tls_config(ca.cert_pem(), &bob).unwrap();
+    let impostor = server_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&alice).unwrap(),
+    )
+    .unwrap();
+    let client =
+        client_tls_config(ca.cert_pem(), &crate::pki::LiveIdentity::new(&bob).unwrap()).unwrap();
 
     let refusal = connect(impostor, client, "localhost")
         .await
@@ -212,7 +246,11 @@ async fn a_reloaded_ca_issues_certificates_the_original_trusts() {
     let (ca, server) = cluster();
     let reloaded = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
     let alice = reloaded.issue_client("alice", DAY).unwrap();
-    let client = client_tls_config(ca.cert_pem(), &alice).unwrap();
+    let client = client_tls_config(
+        ca.cert_pem(),
+        &crate::pki::LiveIdentity::new(&alice).unwrap(),
+    )
+    .unwrap();
 
     let identity = connect(server, client, "localhost").await.server.unwrap();
     assert_eq!(identity.common_name, "alice");
@@ -227,14 +265,14 @@ fn identity_with_a_mismatched_key_is_refused() {
         cert_pem: alice.cert_pem,
         key_pem: bob.key_pem,
     };
+    // The pair is refused where it is loaded, so no config can ever present it; a renewal
+    // that wrote a mismatched pair is refused the same way (`LiveIdentity::replace`).
     assert!(matches!(
-        server_tls_config(ca.cert_pem(), &crossed),
+        crate::pki::LiveIdentity::new(&crossed),
         Err(PkiError::Tls(_))
     ));
-    assert!(matches!(
-        client_tls_config(ca.cert_pem(), &crossed),
-        Err(PkiError::Tls(_))
-    ));
+    let live = crate::pki::LiveIdentity::new(&ca.issue_client("carol", DAY).unwrap()).unwrap();
+    assert!(matches!(live.replace(&crossed), Err(PkiError::Tls(_))));
 }
 
 /// TLS 1.2 is offered for older clients; it must enforce the client certificate just the same.

@@ -4,10 +4,12 @@
 //! `ca_cert_pem` may hold several certificates; all are trusted. That is how a CA rotation keeps
 //! old and new identities working side by side.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
 use super::pem::{certs_from_pem, key_from_pem};
@@ -17,11 +19,70 @@ const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 const ALPN_H2: &[u8] = b"h2";
 
+/// A member's own certificate and key, replaceable while it serves: every TLS configuration
+/// built from it presents the current one at each new handshake, so a renewed certificate is
+/// taken into use without restarting or dropping open connections.
+#[derive(Debug)]
+pub struct LiveIdentity {
+    current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl LiveIdentity {
+    pub fn new(identity: &CertifiedKey) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(LiveIdentity {
+            current: RwLock::new(signing_identity(identity)?),
+        }))
+    }
+
+    /// Presents `identity` from the next handshake on.
+    pub fn replace(&self, identity: &CertifiedKey) -> Result<(), PkiError> {
+        let replacement = signing_identity(identity)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = replacement;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Refuses a key that does not belong to the certificate, as rustls' `with_single_cert` does.
+fn signing_identity(identity: &CertifiedKey) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+        certs_from_pem(&identity.cert_pem)?,
+        key_from_pem(&identity.key_pem)?,
+        &provider(),
+    )?))
+}
+
+impl ResolvesServerCert for LiveIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for LiveIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The server side of the client port: presents `identity`, and requires
 /// every client to present a certificate chaining to `ca_cert_pem` with the clientAuth usage.
 pub fn server_tls_config(
     ca_cert_pem: &str,
-    identity: &CertifiedKey,
+    identity: &Arc<LiveIdentity>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     server_config(ca_cert_pem, identity, false)
 }
@@ -32,7 +93,7 @@ pub fn server_tls_config(
 /// still chain to the cluster CA.
 pub fn peer_server_tls_config(
     ca_cert_pem: &str,
-    identity: &CertifiedKey,
+    identity: &Arc<LiveIdentity>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     server_config(ca_cert_pem, identity, true)
 }
@@ -41,7 +102,7 @@ pub fn peer_server_tls_config(
 /// `ca_cert_pem`; `allow_anonymous` also lets clients without a certificate finish the handshake.
 fn server_config(
     ca_cert_pem: &str,
-    identity: &CertifiedKey,
+    identity: &Arc<LiveIdentity>,
     allow_anonymous: bool,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
@@ -56,10 +117,7 @@ fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs_from_pem(&identity.cert_pem)?,
-            key_from_pem(&identity.key_pem)?,
-        )?;
+        .with_cert_resolver(identity.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
@@ -145,15 +203,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
 /// against its SANs, and presents `identity`.
 pub fn client_tls_config(
     ca_cert_pem: &str,
-    identity: &CertifiedKey,
+    identity: &Arc<LiveIdentity>,
 ) -> Result<Arc<ClientConfig>, PkiError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_root_certificates(roots(ca_cert_pem)?)
-        .with_client_auth_cert(
-            certs_from_pem(&identity.cert_pem)?,
-            key_from_pem(&identity.key_pem)?,
-        )?;
+        .with_client_cert_resolver(identity.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }

@@ -83,7 +83,12 @@ impl JoinToken {
 
 /// sha256 of the first certificate's DER in `ca_cert_pem`, lowercase hex.
 pub fn ca_digest(ca_cert_pem: &str) -> Result<String, PkiError> {
-    Ok(hex::encode(Sha256::digest(first_cert_der(ca_cert_pem)?)))
+    Ok(der_digest(&first_cert_der(ca_cert_pem)?))
+}
+
+/// sha256 of a certificate's DER, lowercase hex (what a join token pins).
+pub fn der_digest(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{MemberNode, NodeId, TypeConfig};
-use crate::pki::{self, CertifiedKey, PkiError};
+use crate::pki::{self, PkiError};
 use crate::proto::bulwarkpb::peer_client::PeerClient;
 use crate::proto::bulwarkpb::{CampaignRequest, ProposeRequest, RaftPayload, ReadIndexRequest};
 
@@ -61,7 +61,7 @@ pub struct PeerTls {
 }
 
 impl PeerTls {
-    pub fn new(ca_cert_pem: &str, identity: &CertifiedKey) -> Result<Self, PkiError> {
+    pub fn new(ca_cert_pem: &str, identity: &Arc<pki::LiveIdentity>) -> Result<Self, PkiError> {
         Ok(PeerTls {
             tls: pki::client_tls_config(ca_cert_pem, identity)?,
             channels: Arc::default(),

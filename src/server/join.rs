@@ -18,9 +18,7 @@ use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::datadir::{create_private_dir, format_id, DataDir, MemberConfig};
-use super::{
-    host_of, random_id, write_private, write_public, ServerError, ADMIN_NAME, MEMBER_CERT_TTL,
-};
+use super::{host_of, random_id, write_private, write_public, ServerError, ADMIN_NAME};
 use crate::identities::{self, IssuedCertificate};
 use crate::mvcc::Store;
 use crate::pki::{self, ClusterCa, JoinToken};
@@ -101,20 +99,20 @@ impl Join for JoinService {
             host_of(&request.peer_addr).map_err(bad_address)?,
             host_of(&request.client_addr).map_err(bad_address)?,
         ];
+        let ttl = identities::member_cert_ttl(&self.store)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let member_cert_pem = self
             .ca
-            .sign_member_csr(&request.csr_pem, &request.name, &hosts, MEMBER_CERT_TTL)
+            .sign_member_csr(&request.csr_pem, &request.name, &hosts, ttl)
             .map_err(|e| Status::invalid_argument(format!("certificate request refused: {e}")))?;
-        let issued = IssuedCertificate::of_pem(&member_cert_pem)
+        let mut issued = IssuedCertificate::of_pem(&member_cert_pem)
             .map_err(|e| Status::internal(e.to_string()))?;
-        self.consensus.propose(issued.record()).await?;
-        let cert_serial = issued.serial;
         let mut node = MemberNode {
             name: request.name.clone(),
             peer_addr: request.peer_addr.clone(),
             client_url: format!("https://{}", request.client_addr),
             promote: true,
-            cert_serial,
+            cert_serial: issued.serial.clone(),
         };
         // A member pre-registered with `member add` at this peer address is adopted, keeping
         // its id and its learner-or-voter intent.
@@ -123,26 +121,29 @@ impl Join for JoinService {
             .members
             .iter()
             .find(|(_, existing, _)| existing.peer_addr == request.peer_addr);
-        let member_id = match registered {
-            Some((id, existing, _)) if existing.name.is_empty() => {
-                node.promote = existing.promote;
-                self.consensus
-                    .change_membership(
-                        ChangeMembers::SetNodes(BTreeMap::from([(*id, node)])),
-                        false,
-                    )
-                    .await?;
-                *id
-            }
+        let adopted = match registered {
+            Some((id, existing, _)) if existing.name.is_empty() => Some((*id, existing.promote)),
             Some(_) => {
                 return Err(Status::failed_precondition(
                     "etcdserver: Peer URLs already exists",
                 ))
             }
-            None => {
-                let id = random_id();
-                self.consensus.add_learner(id, node).await?;
+            None => None,
+        };
+        // Recorded (with its member) before anything else, so removing the member denies it.
+        issued.member_id = adopted.map_or_else(random_id, |(id, _)| id);
+        self.consensus.propose(issued.record()).await?;
+        let member_id = match adopted {
+            Some((id, promote)) => {
+                node.promote = promote;
+                self.consensus
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), false)
+                    .await?;
                 id
+            }
+            None => {
+                self.consensus.add_learner(issued.member_id, node).await?;
+                issued.member_id
             }
         };
         tracing::info!(name = %request.name, member = %format_id(member_id), "admitted a member as learner");

@@ -6,6 +6,7 @@
 
 pub mod datadir;
 pub mod join;
+mod renewal;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -26,8 +27,6 @@ use crate::raft::{log_store::LogStore, Consensus, MemberNode, ProposeError, Raft
 pub use datadir::Addresses;
 use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 
-/// Lifetime of a member certificate (renewal comes with the certificate-lifecycle work).
-const MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How long a stopping member lets requests in flight finish before closing connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Lifetime of the admin identity `init` writes.
@@ -52,7 +51,9 @@ pub enum ServerError {
     Listen(String, std::io::Error),
     #[error("certificates: {0}")]
     Pki(#[from] PkiError),
-    #[error("the member certificate {} expired; renew it before starting the member", .0.display())]
+    #[error("the member certificate {} has expired (the member was stopped past its renewal): \
+             remove this member (`etcdctl member remove ID` against a running member) and join \
+             again with `bulwark join` into an empty directory", .0.display())]
     CertificateExpired(PathBuf),
     #[error("store: {0}")]
     Store(#[from] MvccError),
@@ -148,7 +149,7 @@ fn create_cluster(
     };
     let cluster_id = ca.cluster_id();
     let member_id = random_id();
-    let member = ca.issue_member(&options.name, &hosts, MEMBER_CERT_TTL)?;
+    let member = ca.issue_member(&options.name, &hosts, identities::DEFAULT_MEMBER_CERT_TTL)?;
     let admin = ca.issue_client(ADMIN_NAME, ADMIN_CERT_TTL)?;
 
     create_private_dir(data.root())?;
@@ -194,14 +195,15 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     if expires <= std::time::SystemTime::now() {
         return Err(ServerError::CertificateExpired(data.member_cert()));
     }
-    let tls = pki::server_tls_config(&ca_cert, &identity)?;
-    let peer_tls_server = pki::peer_server_tls_config(&ca_cert, &identity)?;
+    let live_identity = pki::LiveIdentity::new(&identity)?;
+    let tls = pki::server_tls_config(&ca_cert, &live_identity)?;
+    let peer_tls_server = pki::peer_server_tls_config(&ca_cert, &live_identity)?;
     let ca = Arc::new(ClusterCa::from_pem(&ca_cert, &read(&data.ca_key())?)?);
 
     create_private_dir(&data.raft())?;
     let store = Arc::new(Store::open(&data.mvcc_db())?);
     let log = LogStore::open(&data.raft_log())?;
-    let peer_tls = PeerTls::new(&ca_cert, &identity)?;
+    let peer_tls = PeerTls::new(&ca_cert, &live_identity)?;
     let member_id = config.member_id()?;
     let consensus = Arc::new(
         Consensus::start(
@@ -242,12 +244,25 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         let issued_here: Vec<String> = std::iter::once(identity.cert_pem.clone())
             .chain(std::fs::read_to_string(data.admin_cert()).ok())
             .collect();
-        ensure_cluster_records(&consensus, &store, ca.cert_pem(), &issued_here).await?;
+        ensure_cluster_records(&consensus, &store, ca.cert_pem(), &issued_here, member_id).await?;
     }
     let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
     let heartbeats = tokio::spawn(consensus.clone().send_heartbeats());
     let lessor = crate::lease::Lessor::new(consensus.clone(), store.clone());
     let expiry = tokio::spawn(lessor.clone().run());
+    let renewal = tokio::spawn(
+        renewal::Renewal {
+            data: DataDir::new(dir),
+            name: config.name.clone(),
+            member_id,
+            hosts: config.addresses().hosts()?,
+            ca: ca.clone(),
+            identity: live_identity.clone(),
+            consensus: consensus.clone(),
+            store: store.clone(),
+        }
+        .run(),
+    );
     let denial_sweeper = tokio::spawn(identities::sweep_expired_denials(
         consensus.clone(),
         store.clone(),
@@ -354,6 +369,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     heartbeats.abort();
     expiry.abort();
     denial_sweeper.abort();
+    renewal.abort();
     consensus.shutdown().await;
     result?;
     println!("bulwark: stopped");
@@ -384,6 +400,7 @@ async fn ensure_cluster_records(
     store: &Store,
     ca_cert_pem: &str,
     issued_here: &[String],
+    member_id: u64,
 ) -> Result<(), ServerError> {
     for role in identities::TOKEN_ROLES {
         let setting = identities::token_setting(role).expect("a token role");
@@ -398,7 +415,10 @@ async fn ensure_cluster_records(
         }
     }
     for cert_pem in issued_here {
-        let issued = identities::IssuedCertificate::of_pem(cert_pem)?;
+        let mut issued = identities::IssuedCertificate::of_pem(cert_pem)?;
+        if issued.role == "member" {
+            issued.member_id = member_id;
+        }
         if identities::issued(store, &issued.serial)?.is_none() {
             consensus.propose(issued.record()).await?;
         }
