@@ -428,6 +428,85 @@ async fn snapshot_save_then_restore_gives_the_same_keys_history_and_hash_kv() {
     }
 }
 
+/// A snapshot saved while writers keep writing is the store at one revision: restored, it
+/// holds exactly what the source held at that revision (keys and `HashKV`), and that revision
+/// covers every write acknowledged before the save began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_saved_during_writes_is_the_store_at_one_revision() {
+    let source = Cluster::single();
+    let member = source.member(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut writers = Vec::new();
+    for writer in 0..2 {
+        let mut client = member.client().await;
+        let stop = stop.clone();
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                // New keys, and one key both writers overwrite.
+                let key = if n.is_multiple_of(3) {
+                    "hot".to_string()
+                } else {
+                    format!("w{writer}/{n}")
+                };
+                let put = client
+                    .put(key.as_str(), n.to_string(), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("put {key}: {e}"));
+                acknowledged.fetch_max(put.header().unwrap().revision(), Ordering::SeqCst);
+            }
+        }));
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while acknowledged.load(Ordering::SeqCst) < 100 {
+        assert!(Instant::now() < deadline, "the writers never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before_save = acknowledged.load(Ordering::SeqCst);
+    let file = source.dir().join("busy.snap");
+    let path = file.display().to_string();
+    let saver = member.etcdctl();
+    let saved = tokio::task::spawn_blocking(move || saver.run(&["snapshot", "save", &path]))
+        .await
+        .unwrap();
+    saved.assert_success();
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.expect("a writer failed");
+    }
+
+    let restored = restore_and_serve(&file, &source.dir().join("restored"), "restored", None);
+    let (kvs, revision, _) = contents(&restored, 1);
+    assert!(
+        revision >= before_save,
+        "the snapshot is at revision {revision}, before the write acknowledged at \
+         {before_save} when the save began"
+    );
+    let at_that_revision = member
+        .etcdctl()
+        .run(&[
+            "get",
+            "",
+            "--prefix",
+            "-w",
+            "json",
+            &format!("--rev={revision}"),
+        ])
+        .assert_success()
+        .json();
+    assert_eq!(
+        kvs, at_that_revision["kvs"],
+        "the restored keys are not the source's at revision {revision}"
+    );
+    assert_eq!(
+        hash_kv(&restored, revision).await,
+        hash_kv(member, revision).await
+    );
+}
+
 /// The recovery path when a quorum is lost for good: a snapshot saved earlier from a follower of
 /// a three-member cluster seeds a new one-member cluster that elects itself and takes writes,
 /// with the keys and `HashKV` the cluster had.
