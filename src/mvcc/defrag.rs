@@ -103,7 +103,7 @@ impl Store {
     }
 
     fn copy_and_switch(&self, source: ReadTransaction, copy: &Path) -> Result<usize, MvccError> {
-        let target = Database::create(copy)?;
+        let target = super::open_database(copy)?;
         copy_table(&source, &target, LATEST)?;
         copy_table(&source, &target, HISTORY)?;
         copy_table(&source, &target, BY_REVISION)?;

@@ -170,7 +170,7 @@ impl Store {
     /// Opens the store at `path`, creating an empty one (revision 1) if there is none.
     pub fn open(path: &Path) -> Result<Self, MvccError> {
         defrag::remove_leftover(path)?;
-        let db = Database::create(path)?;
+        let db = open_database(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(LATEST)?;
@@ -345,6 +345,16 @@ impl Drop for Store {
             tracing::warn!("could not flush the store on close: {error}");
         }
     }
+}
+
+/// redb's own page cache for the store. redb's default (1 GiB) would make the resident memory of
+/// a large store mostly cache; pages outside it come from the OS page cache, which the kernel
+/// gives back under pressure.
+const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Opens (or creates) a store database file with Bulwark's settings.
+fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 /// Applies `commands` in order in one write transaction of `db`, recording `consensus` with

@@ -29,6 +29,9 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// redb's page cache for the log (its default is 1 GiB).
+const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
 fn read_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -47,7 +50,10 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        // The log is read back mostly at its tail (replication) and on restart: a small cache.
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(ENTRIES)?;
         txn.open_table(STATE)?;
