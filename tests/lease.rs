@@ -1022,8 +1022,6 @@ fn bulwark_lease_grants_shows_keeps_alive_lists_and_revokes() {
 /// etcdctl's JSON for scripts, README "Run it"): the same attached-keys list as etcdctl, and
 /// the same JSON for `ttl`, `list` and `keep-alive` as `lease grant -w json` already gives.
 #[test]
-#[ignore = "bug: `bulwark lease ttl --keys` prints the keys quoted (attached keys([\"k\"]), \
-            etcdctl: [k]) and `-w json` is ignored by lease ttl, list and keep-alive"]
 fn bulwark_lease_prints_what_etcdctl_prints() {
     let cluster = Cluster::single();
     let member = cluster.member(0);

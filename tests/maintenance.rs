@@ -179,7 +179,6 @@ async fn nospace_refuses_growing_writes_while_reads_deletes_and_compaction_work(
 /// without it the file (here 1.3 MB after every key was deleted and compacted away) stays over
 /// the quota.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "online Defragment lands with issue 5"]
 async fn compaction_defragment_and_disarm_let_puts_in_again() {
     let (cluster, mut client) = small_quota_member().await;
     let written = fill_until_nospace(&mut client).await;
@@ -673,8 +672,6 @@ async fn a_truncated_or_corrupted_snapshot_is_refused_and_nothing_is_restored() 
 /// A snapshot holds every key, and the join tokens: etcdctl writes it readable by its owner
 /// only (0600), and so must `bulwark snapshot save`.
 #[test]
-#[ignore = "bug: bulwark snapshot save writes the snapshot (every key, and the cluster's \
-            manager join token) with the umask's mode, 0644 by default; etcdctl writes 0600"]
 fn snapshot_save_writes_a_file_only_its_owner_can_read() {
     let cluster = Cluster::single();
     let member = cluster.member(0);
@@ -883,7 +880,6 @@ fn endpoint_status_names_one_leader_on_every_member() {
 /// member, and every one of their requests succeeds (etcd blocks requests during a defrag;
 /// Bulwark must not). The history below the revision the defrag started at is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "online Defragment lands with issue 5"]
 async fn defragment_keeps_reads_and_writes_working() {
     let cluster = Cluster::single();
     let member = cluster.member(0);

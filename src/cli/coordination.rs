@@ -135,6 +135,7 @@ pub async fn lease(args: LeaseArgs) -> Result<(), String> {
             println!("lease {id:016x} revoked");
         }
         LeaseAction::KeepAlive { id, once, connect } => {
+            let connect_format = connect.format();
             let mut client = LeaseClient::new(channel(&connect).await?);
             let interval = std::time::Duration::from_secs(1);
             let requests = futures::stream::unfold(true, move |first| async move {
@@ -153,7 +154,10 @@ pub async fn lease(args: LeaseArgs) -> Result<(), String> {
                 if response.ttl <= 0 {
                     return Err(format!("lease {id:016x} expired or revoked"));
                 }
-                println!("lease {id:016x} keepalived with TTL({})", response.ttl);
+                match connect_format {
+                    Format::Json => println!("{}", output::lease_keep_alive_json(&response)),
+                    _ => println!("lease {id:016x} keepalived with TTL({})", response.ttl),
+                }
                 if once {
                     break;
                 }
@@ -164,23 +168,31 @@ pub async fn lease(args: LeaseArgs) -> Result<(), String> {
             let response =
                 with_timeout(client.lease_time_to_live(LeaseTimeToLiveRequest { id, keys }))
                     .await?;
-            if response.ttl == -1 {
+            if matches!(connect.format(), Format::Json) {
+                println!("{}", output::lease_ttl_json(&response));
+            } else if response.ttl == -1 {
                 println!("lease {id:016x} already expired");
-            } else {
-                let keys: Vec<String> = response
-                    .keys
-                    .iter()
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .collect();
+            } else if keys {
                 println!(
-                    "lease {id:016x} granted with TTL({}s), remaining({}s), attached keys({:?})",
-                    response.granted_ttl, response.ttl, keys
+                    "lease {id:016x} granted with TTL({}s), remaining({}s), attached keys({})",
+                    response.granted_ttl,
+                    response.ttl,
+                    output::lease_keys_simple(&response.keys)
+                );
+            } else {
+                println!(
+                    "lease {id:016x} granted with TTL({}s), remaining({}s)",
+                    response.granted_ttl, response.ttl
                 );
             }
         }
         LeaseAction::List { connect } => {
             let mut client = LeaseClient::new(channel(&connect).await?);
             let response = with_timeout(client.lease_leases(LeaseLeasesRequest {})).await?;
+            if matches!(connect.format(), Format::Json) {
+                println!("{}", output::lease_list_json(&response));
+                return Ok(());
+            }
             println!("found {} leases", response.leases.len());
             for lease in response.leases {
                 println!("{:016x}", lease.id);

@@ -301,11 +301,27 @@ fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Re
             .create(dir)
             .map_err(|e| failed(dir, e))?;
     }
-    let key = dir.join("client.key");
-    pki::write_private_file(&key, key_pem.as_bytes()).map_err(|e| failed(&key, e))?;
-    for (name, pem) in [("client.crt", cert_pem), ("ca.crt", ca_pem)] {
+    let files = [
+        ("client.key", key_pem),
+        ("client.crt", cert_pem),
+        ("ca.crt", ca_pem),
+    ];
+    // Checked up front so that nothing is written when anything is there: an identity is
+    // never half-replaced.
+    for (name, _) in files {
         let path = dir.join(name);
-        std::fs::write(&path, pem).map_err(|e| failed(&path, e))?;
+        if path.exists() {
+            return Err(format!(
+                "{} exists: refusing to overwrite an identity (choose another --out)",
+                path.display()
+            ));
+        }
+    }
+    for (name, pem) in files {
+        let path = dir.join(name);
+        // create_new for every file: 0600 for the key, and never over a file that appeared
+        // meanwhile.
+        pki::write_private_file(&path, pem.as_bytes()).map_err(|e| failed(&path, e))?;
     }
     Ok(())
 }

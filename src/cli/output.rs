@@ -8,8 +8,8 @@ use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
 use crate::proto::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, PutResponse, RangeResponse, ResponseHeader,
-    WatchResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseTimeToLiveResponse, PutResponse, RangeResponse, ResponseHeader, WatchResponse,
 };
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::KeyValue;
@@ -144,17 +144,70 @@ pub fn print_watch(format: Format, response: &WatchResponse) {
 }
 
 /// etcdctl's JSON for a lease grant.
+/// etcdctl's lease JSON starts with the header's fields at the top level.
+fn flat_header(header: Option<ResponseHeader>) -> Map<String, Value> {
+    let header = header.unwrap_or_default();
+    let mut object = Map::new();
+    object.insert("cluster_id".into(), json!(header.cluster_id));
+    object.insert("member_id".into(), json!(header.member_id));
+    object.insert("revision".into(), json!(header.revision));
+    object.insert("raft_term".into(), json!(header.raft_term));
+    object
+}
+
 pub fn lease_grant_json(response: &LeaseGrantResponse) -> Value {
-    let header = response.header.unwrap_or_default();
-    json!({
-        "cluster_id": header.cluster_id,
-        "member_id": header.member_id,
-        "revision": header.revision,
-        "raft_term": header.raft_term,
-        "ID": response.id,
-        "TTL": response.ttl,
-        "Error": response.error,
-    })
+    let mut object = flat_header(response.header);
+    object.insert("ID".into(), json!(response.id));
+    object.insert("TTL".into(), json!(response.ttl));
+    object.insert("Error".into(), json!(response.error));
+    Value::Object(object)
+}
+
+/// `etcdctl lease timetolive -w json`: keys base64, `null` when there are none.
+pub fn lease_ttl_json(response: &LeaseTimeToLiveResponse) -> Value {
+    let mut object = flat_header(response.header);
+    object.insert("id".into(), json!(response.id));
+    object.insert("ttl".into(), json!(response.ttl));
+    object.insert("granted-ttl".into(), json!(response.granted_ttl));
+    let keys = match response.keys.is_empty() {
+        true => Value::Null,
+        false => json!(response
+            .keys
+            .iter()
+            .map(|k| BASE64.encode(k))
+            .collect::<Vec<_>>()),
+    };
+    object.insert("keys".into(), keys);
+    Value::Object(object)
+}
+
+/// `etcdctl lease list -w json`.
+pub fn lease_list_json(response: &LeaseLeasesResponse) -> Value {
+    let mut object = flat_header(response.header);
+    let leases: Vec<Value> = response
+        .leases
+        .iter()
+        .map(|l| json!({"id": l.id}))
+        .collect();
+    object.insert("leases".into(), json!(leases));
+    Value::Object(object)
+}
+
+/// `etcdctl lease keep-alive -w json`, one line per renewal.
+pub fn lease_keep_alive_json(response: &LeaseKeepAliveResponse) -> Value {
+    let mut object = flat_header(response.header);
+    object.insert("ID".into(), json!(response.id));
+    object.insert("TTL".into(), json!(response.ttl));
+    Value::Object(object)
+}
+
+/// `[k1 k2]`, as etcdctl prints a lease's attached keys (Go's `%v` of a string slice).
+pub fn lease_keys_simple(keys: &[Vec<u8>]) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    format!("[{}]", keys.join(" "))
 }
 
 fn print_simple(kvs: &[KeyValue]) {

@@ -85,8 +85,18 @@ async fn save(file: PathBuf, connect: &ConnectArgs) -> Result<(), String> {
         .into_inner();
     // Written beside the target, renamed into place only when complete and synced.
     let partial = file.with_extension("part");
-    let mut out =
-        std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    // Every key and the cluster's settings are in it: readable by its owner only, as etcdctl
+    // writes it.
+    let mut out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(|e| format!("{}: {e}", partial.display()))?
+    };
     let mut progress: Option<indicatif::ProgressBar> = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|status| status.message().to_string())?;
