@@ -1,6 +1,7 @@
-//! Bulwark's own administration service on the client port (`bulwarkpb.Admin`): join tokens
-//! (show, rotate) and client identities (issue, list, revoke; see [`crate::identities`]). Only
-//! the admin identity may call it.
+//! Bulwark's own services on the client port: `bulwarkpb.Admin` (join tokens: show, rotate;
+//! client identities: issue, list, revoke; the CA: status, update; see [`crate::identities`]),
+//! which only the admin identity may call, and `bulwarkpb.Identity` (renewing one's own
+//! certificate), which any client identity may call for itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +14,12 @@ use crate::identities;
 use crate::mvcc::CommandResponse;
 use crate::pki::{self, JoinToken, Role};
 use crate::proto::bulwarkpb::admin_server::Admin;
+use crate::proto::bulwarkpb::identity_server::Identity;
 use crate::proto::bulwarkpb::{
     command, CaRoot, CaStatusRequest, CaStatusResponse, IdentityInfo, IssueIdentityRequest,
-    ListIdentitiesRequest, ListIdentitiesResponse, LoginResponse, RevokeIdentityRequest,
-    RevokeIdentityResponse, ShowTokenRequest, ShowTokenResponse, UpdateCaRequest, UpdateCaResponse,
+    ListIdentitiesRequest, ListIdentitiesResponse, LoginResponse, RenewRequest,
+    RevokeIdentityRequest, RevokeIdentityResponse, ShowTokenRequest, ShowTokenResponse,
+    UpdateCaRequest, UpdateCaResponse,
 };
 
 /// The admin identity's common name (etcd's `root` user).
@@ -114,6 +117,7 @@ impl Admin for AdminService {
         Ok(Response::new(LoginResponse {
             client_cert_pem: cert_pem,
             ca_cert_pem: self.0.ca.cert_pem().to_string(),
+            client_urls: self.0.consensus.client_urls(),
         }))
     }
 
@@ -249,6 +253,53 @@ impl Admin for AdminService {
             roots,
             member_cert_ttl_seconds: ttl.as_secs(),
             members,
+        }))
+    }
+}
+
+pub struct IdentityService(pub(super) Arc<ApiContext>);
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    /// A client renews itself: same name, same lifetime as the certificate it presents (which
+    /// the handshake has verified and checked against the deny list), for a new key.
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let denied = || Status::permission_denied("etcdserver: permission denied");
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(denied)?;
+        let caller = pki::identity_of(leaf.as_ref()).map_err(|_| denied())?;
+        if caller.role != Role::Client {
+            return Err(Status::permission_denied(
+                "only client identities renew this way (members renew themselves)",
+            ));
+        }
+        let lifetime = caller
+            .not_after
+            .duration_since(caller.not_before)
+            .unwrap_or_default()
+            .saturating_sub(Duration::try_from(pki::CLOCK_SKEW).unwrap_or_default());
+        let ttl = if lifetime.is_zero() {
+            identities::CLIENT_CERT_TTL
+        } else {
+            lifetime
+        };
+        let cert_pem = identities::issue_client(
+            &self.0.consensus,
+            &self.0.ca,
+            &caller.common_name,
+            &request.get_ref().csr_pem,
+            ttl,
+        )
+        .await?;
+        Ok(Response::new(LoginResponse {
+            client_cert_pem: cert_pem,
+            ca_cert_pem: self.0.ca.cert_pem().to_string(),
+            client_urls: self.0.consensus.client_urls(),
         }))
     }
 }

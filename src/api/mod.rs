@@ -26,6 +26,7 @@ use prost::Message;
 
 use crate::mvcc::{CommandResponse, Store};
 use crate::proto::bulwarkpb::admin_server::AdminServer;
+use crate::proto::bulwarkpb::identity_server::IdentityServer;
 use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
@@ -184,6 +185,7 @@ pub struct Services {
     pub lock: EtcdCodes<LockServer<lock::LockService>>,
     pub election: EtcdCodes<ElectionServer<election::ElectionService>>,
     pub admin: AdminServer<admin::AdminService>,
+    pub identity: IdentityServer<admin::IdentityService>,
 }
 
 pub fn services(context: Arc<ApiContext>) -> Services {
@@ -223,6 +225,7 @@ pub fn services(context: Arc<ApiContext>) -> Services {
             ElectionServer::new(election::ElectionService(context.clone()))
                 .max_decoding_message_size(max_message),
         ),
-        admin: AdminServer::new(admin::AdminService(context)),
+        admin: AdminServer::new(admin::AdminService(context.clone())),
+        identity: IdentityServer::new(admin::IdentityService(context)),
     }
 }

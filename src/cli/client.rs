@@ -45,6 +45,19 @@ impl ConnectArgs {
     pub(super) fn format(&self) -> Format {
         self.format
     }
+
+    /// Connecting as the identity in `dir` (`ca.crt`, `client.crt`, `client.key`, as `login`
+    /// writes them) to `endpoints`.
+    pub(super) fn identity_dir(dir: &Path, endpoints: Vec<String>) -> ConnectArgs {
+        ConnectArgs {
+            endpoints,
+            cacert: Some(dir.join("ca.crt")),
+            cert: Some(dir.join("client.crt")),
+            key_file: Some(dir.join("client.key")),
+            data_dir: None,
+            format: Format::Table,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -3,17 +3,19 @@
 //! signs a CSR.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 
 use super::client::{channel, with_timeout, ConnectArgs};
 use super::output::{bordered_table, Format};
+use crate::identities;
 use crate::pki;
 use crate::proto::bulwarkpb::admin_client::AdminClient;
+use crate::proto::bulwarkpb::identity_client::IdentityClient;
 use crate::proto::bulwarkpb::{
-    CaStatusRequest, IssueIdentityRequest, ListIdentitiesRequest, RevokeIdentityRequest,
-    UpdateCaRequest,
+    CaStatusRequest, IssueIdentityRequest, ListIdentitiesRequest, RenewRequest,
+    RevokeIdentityRequest, UpdateCaRequest,
 };
 use crate::server::join;
 
@@ -35,11 +37,141 @@ pub struct LoginArgs {
 }
 
 pub async fn login(args: LoginArgs) -> Result<(), String> {
-    let (cert_pem, ca_pem, key_pem) = join::login(&args.token, &args.peer, &args.name)
+    let identity = join::login(&args.token, &args.peer, &args.name)
         .await
         .map_err(|e| e.to_string())?;
-    write_identity(&args.out, &ca_pem, &cert_pem, &key_pem)?;
+    write_identity(
+        &args.out,
+        &identity.ca_cert_pem,
+        &identity.cert_pem,
+        &identity.key_pem,
+    )?;
+    write_endpoints(&args.out, &identity.client_urls)?;
     print_written(&args.out, &args.name);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The identity's directory (ca.crt, client.crt, client.key, as `login` writes them).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Client URLs of members (default: the `endpoints` file `login` wrote in DIR).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+}
+
+/// `bulwark renew`: a new key and certificate for the identity in DIR, from its current one.
+pub async fn renew(args: RenewArgs) -> Result<(), String> {
+    let serial = renew_identity(&args.dir, &args.endpoints).await?;
+    println!(
+        "identity in {} renewed (serial {serial})",
+        args.dir.display()
+    );
+    Ok(())
+}
+
+/// `bulwark agent`: keeps the identity in DIR renewed, at 50 to 80 % of each certificate's
+/// lifetime, until stopped.
+pub async fn agent(args: RenewArgs) -> Result<(), String> {
+    const RETRY: Duration = Duration::from_secs(10);
+    loop {
+        let current = current_identity(&args.dir)?;
+        let due = identities::renewal_time(identities::issued_at(&current), current.not_after);
+        let now = SystemTime::now();
+        if let Ok(wait) = due.duration_since(now) {
+            // Woken at least every minute, so a clock change or a renewal by hand is noticed.
+            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+            continue;
+        }
+        match renew_identity(&args.dir, &args.endpoints).await {
+            Ok(serial) => eprintln!("bulwark agent: renewed (serial {serial})"),
+            Err(error) if current.not_after > now => {
+                eprintln!("bulwark agent: renewal failed, retrying: {error}");
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(error) => {
+                return Err(format!(
+                    "{error}; the certificate has expired: get a new identity with `bulwark \
+                     login`"
+                ))
+            }
+        }
+    }
+}
+
+fn current_identity(dir: &Path) -> Result<pki::PeerIdentity, String> {
+    let path = dir.join("client.crt");
+    let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pki::first_cert_der(&pem)
+        .and_then(|der| pki::identity_of(&der))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn renew_identity(dir: &Path, endpoints: &[String]) -> Result<String, String> {
+    let current = current_identity(dir)?;
+    let endpoints = match endpoints {
+        [] => read_endpoints(dir)?,
+        given => given.to_vec(),
+    };
+    let (csr_pem, key_pem) =
+        pki::certificate_request(&current.common_name).map_err(|e| e.to_string())?;
+    let connect = ConnectArgs::identity_dir(dir, endpoints);
+    let mut client = IdentityClient::new(channel(&connect).await?);
+    let renewed = with_timeout(client.renew(RenewRequest { csr_pem })).await?;
+    let serial = pki::first_cert_der(&renewed.client_cert_pem)
+        .and_then(|der| pki::identity_of(&der))
+        .map_err(|e| e.to_string())?
+        .serial_hex;
+    replace_identity(
+        dir,
+        &renewed.ca_cert_pem,
+        &renewed.client_cert_pem,
+        &key_pem,
+    )?;
+    if !renewed.client_urls.is_empty() {
+        let _ = std::fs::remove_file(dir.join(ENDPOINTS_FILE));
+        write_endpoints(dir, &renewed.client_urls)?;
+    }
+    Ok(serial)
+}
+
+/// The members' client URLs, one per line, beside the identity.
+const ENDPOINTS_FILE: &str = "endpoints";
+
+fn write_endpoints(dir: &Path, urls: &[String]) -> Result<(), String> {
+    let path = dir.join(ENDPOINTS_FILE);
+    std::fs::write(&path, urls.join("\n") + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn read_endpoints(dir: &Path) -> Result<Vec<String>, String> {
+    let path = dir.join(ENDPOINTS_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e} (pass --endpoints)", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Replaces the identity in `dir` with a renewed one: each file written beside its target and
+/// renamed over it, the key first, so a crash leaves the old pair or the new key with the old
+/// certificate (renew again) but never a half-written file.
+fn replace_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    for (name, pem) in [
+        ("client.key", key_pem),
+        ("client.crt", cert_pem),
+        ("ca.crt", ca_pem),
+    ] {
+        let path = dir.join(name);
+        let temporary = dir.join(format!("{name}.renewing"));
+        let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+        let _ = std::fs::remove_file(&temporary);
+        pki::write_private_file(&temporary, pem.as_bytes()).map_err(failed)?;
+        std::fs::rename(&temporary, &path).map_err(failed)?;
+    }
     Ok(())
 }
 
@@ -94,6 +226,7 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
             }))
             .await?;
             write_identity(&out, &issued.ca_cert_pem, &issued.client_cert_pem, &key_pem)?;
+            write_endpoints(&out, &issued.client_urls)?;
             print_written(&out, &name);
             Ok(())
         }

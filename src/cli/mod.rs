@@ -59,6 +59,10 @@ enum Command {
     /// Get a client identity with the client join token (key made here, CSR signed by the
     /// cluster): writes ca.crt, client.crt and client.key for etcdctl and every etcd client.
     Login(identity::LoginArgs),
+    /// Renew a client identity from its current certificate (new key, same name).
+    Renew(identity::RenewArgs),
+    /// Keep a client identity renewed in the background (at 50-80 % of each lifetime).
+    Agent(identity::RenewArgs),
     /// Client identities (admin identity only): issue, list, revoke.
     Identity(identity::IdentityArgs),
     /// The cluster CA: status (roots, member certificates), update (certificate lifetime).
@@ -245,6 +249,8 @@ pub fn main() -> ExitCode {
             Command::Lock(args) => coordination::lock(args).await,
             Command::Login(args) => identity::login(args).await,
             Command::Identity(args) => identity::identity(args).await,
+            Command::Renew(args) => identity::renew(args).await,
+            Command::Agent(args) => identity::agent(args).await,
             Command::Ca(args) => identity::ca(args).await,
             Command::Bench(args) => crate::bench::main(args).await,
         }

@@ -30,6 +30,21 @@ const DENY_PREFIX: &str = "deny/";
 /// How often the leader drops denials of certificates that have expired.
 pub const DENY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// When a certificate valid from `issued` until `not_after` should be renewed: a uniformly random
+/// point between 50 % and 80 % of its lifetime (random, so that holders renew at different
+/// moments).
+pub fn renewal_time(issued: SystemTime, not_after: SystemTime) -> SystemTime {
+    use rand::Rng;
+    let lifetime = not_after.duration_since(issued).unwrap_or_default();
+    let fraction = rand::thread_rng().gen_range(0.5..0.8);
+    issued + lifetime.mul_f64(fraction)
+}
+
+/// When a certificate was issued: certificates start `pki::CLOCK_SKEW` before that.
+pub fn issued_at(identity: &PeerIdentity) -> SystemTime {
+    identity.not_before + Duration::try_from(pki::CLOCK_SKEW).unwrap_or_default()
+}
+
 /// Default lifetime of a member certificate; `bulwark ca update --cert-ttl` changes it.
 pub const DEFAULT_MEMBER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The shortest member certificate lifetime `ca update` accepts: renewal (at 50 to 80 % of it)
@@ -349,6 +364,20 @@ mod tests {
         assert_eq!(issued(&store, &alice.serial).unwrap(), Some(alice));
         // Only the expired certificate's denial may go; one without an expiry stays.
         assert_eq!(expired_denials(&store).unwrap(), vec!["00ff".to_string()]);
+    }
+
+    #[test]
+    fn renewal_falls_between_half_and_four_fifths_of_the_lifetime() {
+        let issued = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let not_after = issued + Duration::from_secs(1000);
+        for _ in 0..1000 {
+            let due = renewal_time(issued, not_after);
+            let at = due.duration_since(issued).unwrap();
+            assert!(
+                at >= Duration::from_secs(500) && at < Duration::from_secs(800),
+                "{at:?}"
+            );
+        }
     }
 
     #[test]

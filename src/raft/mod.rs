@@ -379,6 +379,16 @@ impl Consensus {
         self.raft.metrics().borrow().current_term
     }
 
+    /// Every member's client URL (`https://HOST:PORT`), for clients to connect to.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.status()
+            .members
+            .into_iter()
+            .map(|(_, node, _)| node.client_url)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// A summary for `Status` and `MemberList`.
     pub fn status(&self) -> RaftStatus {
         let metrics = self.raft.metrics().borrow().clone();

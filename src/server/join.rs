@@ -75,6 +75,7 @@ impl Join for JoinService {
         Ok(Response::new(LoginResponse {
             client_cert_pem,
             ca_cert_pem: self.ca.cert_pem().to_string(),
+            client_urls: self.consensus.client_urls(),
         }))
     }
 
@@ -213,14 +214,18 @@ pub async fn fetch_pinned_ca(peer: &str, token: &JoinToken) -> Result<String, Jo
     Ok(ca_cert_pem)
 }
 
+/// A client identity obtained with `login`.
+pub struct LoggedIn {
+    pub cert_pem: String,
+    pub ca_cert_pem: String,
+    pub key_pem: String,
+    /// The members' client URLs.
+    pub client_urls: Vec<String>,
+}
+
 /// Gets a client identity named `name` from the cluster `peer` belongs to with the client join
-/// token: pins the CA, makes a key here (it never leaves) and has its CSR signed. Returns the
-/// signed certificate, the CA certificate and the private key, all PEM.
-pub async fn login(
-    token: &str,
-    peer: &str,
-    name: &str,
-) -> Result<(String, String, String), JoinError> {
+/// token: pins the CA, makes a key here (it never leaves) and has its CSR signed.
+pub async fn login(token: &str, peer: &str, name: &str) -> Result<LoggedIn, JoinError> {
     let token = JoinToken::parse(token)?;
     let ca_cert_pem = fetch_pinned_ca(peer, &token).await?;
     let (csr_pem, key_pem) = pki::certificate_request(name)?;
@@ -244,7 +249,12 @@ pub async fn login(
     if !token.pins(&response.ca_cert_pem) {
         return Err(JoinError::CaMismatch(peer.to_string()));
     }
-    Ok((response.client_cert_pem, response.ca_cert_pem, key_pem))
+    Ok(LoggedIn {
+        cert_pem: response.client_cert_pem,
+        ca_cert_pem: response.ca_cert_pem,
+        key_pem,
+        client_urls: response.client_urls,
+    })
 }
 
 pub struct JoinOptions {

@@ -312,7 +312,8 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         .add_service(services.lease)
         .add_service(services.lock)
         .add_service(services.election)
-        .add_service(services.admin);
+        .add_service(services.admin)
+        .add_service(services.identity);
     let peer_router = tonic::transport::Server::builder()
         .add_service(
             PeerServer::new(PeerService {

@@ -15,8 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
-
 use super::datadir::{sync_dir, DataDir};
 use super::ServerError;
 use crate::identities::{self, IssuedCertificate};
@@ -38,14 +36,6 @@ pub struct Renewal {
     pub identity: Arc<LiveIdentity>,
     pub consensus: Arc<Consensus>,
     pub store: Arc<Store>,
-}
-
-/// When a certificate valid from `issued` until `not_after` should be renewed: a uniformly random
-/// point between 50 % and 80 % of its lifetime.
-pub fn renewal_time(issued: SystemTime, not_after: SystemTime) -> SystemTime {
-    let lifetime = not_after.duration_since(issued).unwrap_or_default();
-    let fraction = rand::thread_rng().gen_range(0.5..0.8);
-    issued + lifetime.mul_f64(fraction)
 }
 
 impl Renewal {
@@ -96,9 +86,10 @@ impl Renewal {
     /// When the certificate in the data directory is due for renewal.
     fn due(&self) -> Result<SystemTime, ServerError> {
         let current = self.current()?;
-        // Certificates start CLOCK_SKEW before they are issued (see `pki::ca`).
-        let issued = current.not_before + Duration::try_from(pki::CLOCK_SKEW).unwrap_or_default();
-        Ok(renewal_time(issued, current.not_after))
+        Ok(identities::renewal_time(
+            identities::issued_at(&current),
+            current.not_after,
+        ))
     }
 
     /// Whether the current certificate lives longer than the lifetime the cluster now asks for
@@ -145,23 +136,4 @@ fn replace_file(path: &Path, contents: &[u8], private: bool) -> Result<(), Serve
             .map_err(failed)?;
     }
     std::fs::rename(&temporary, path).map_err(failed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewal_falls_between_half_and_four_fifths_of_the_lifetime() {
-        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let not_after = issued + Duration::from_secs(1000);
-        for _ in 0..1000 {
-            let due = renewal_time(issued, not_after);
-            let at = due.duration_since(issued).unwrap();
-            assert!(
-                at >= Duration::from_secs(500) && at < Duration::from_secs(800),
-                "{at:?}"
-            );
-        }
-    }
 }
