@@ -20,7 +20,7 @@
 //!
 //! | steps | what | why skipped |
 //! | --- | --- | --- |
-//! | 21, 23, 24, 25, 27 | lease grant / timetolive / list | lease ids are random, so the outputs cannot match byte for byte; the Lease API is covered by `lock_election.rs` and the unit tests in `mvcc` |
+//! | 21, 23, 24, 25, 27 | lease grant / timetolive / list | lease ids are random, so the outputs cannot match byte for byte; `lease.rs` replays them with the ids masked (`etcdctl_lease_commands_print_what_they_print_against_etcd`) |
 //! | 22, 26 | put with a lease, lease revoke | replaced by a plain `put leased v` and `del leased`, which change the store exactly as etcd's steps did (revisions 10 and 11), so later revisions still line up |
 //! | 28, 29 | watch | those steps ran until a timeout (rc 124); `watch.rs` runs `etcdctl watch` with the same options |
 //! | 35 | endpoint hashkv | the hash depends on the storage layout (etcd's bbolt, Bulwark's redb); `faults.rs` checks members agree on it |
