@@ -352,11 +352,16 @@ impl TlsFiles {
 
     /// The admin identity `bulwark init` writes into `DIR/admin/`.
     pub fn admin_of(data_dir: &Path) -> TlsFiles {
-        let admin = data_dir.join("admin");
+        TlsFiles::client_in(&data_dir.join("admin"))
+    }
+
+    /// A client identity as `bulwark init`, `login` and `identity issue` write one:
+    /// `DIR/ca.crt`, `DIR/client.crt`, `DIR/client.key`.
+    pub fn client_in(dir: &Path) -> TlsFiles {
         TlsFiles {
-            ca: admin.join("ca.crt"),
-            cert: admin.join("client.crt"),
-            key: admin.join("client.key"),
+            ca: dir.join("ca.crt"),
+            cert: dir.join("client.crt"),
+            key: dir.join("client.key"),
         }
     }
 }
@@ -790,30 +795,36 @@ impl Member {
         command.args(self.cli_args(args)).env("RUST_BACKTRACE", "1");
         Background::spawn(command)
     }
+    /// `bulwark ARGS` against this member as `identity` (explicit endpoint and TLS flags), e.g.
+    /// a client identity that is not the admin.
+    pub fn cli_as(&self, identity: &TlsFiles, args: &[&str]) -> Output {
+        run_bulwark(&with_connection(args, self.connection_flags(identity)))
+    }
     /// `args` with this member's connection flags, placed before a `--` that starts a command
     /// for the CLI to run (`bulwark lock NAME -- COMMAND`).
     fn cli_args(&self, args: &[&str]) -> Vec<String> {
         let connection = if self.joined {
-            vec![
-                "--endpoints".to_string(),
-                self.endpoint(),
-                "--cacert".to_string(),
-                self.admin.ca.display().to_string(),
-                "--cert".to_string(),
-                self.admin.cert.display().to_string(),
-                "--key".to_string(),
-                self.admin.key.display().to_string(),
-            ]
+            self.connection_flags(&self.admin)
         } else {
             vec![
                 "--data-dir".to_string(),
                 self.data_dir.display().to_string(),
             ]
         };
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
-        all.splice(at..at, connection);
-        all
+        with_connection(args, connection)
+    }
+    /// `--endpoints` (this member) and the TLS flags of `identity`.
+    fn connection_flags(&self, identity: &TlsFiles) -> Vec<String> {
+        vec![
+            "--endpoints".to_string(),
+            self.endpoint(),
+            "--cacert".to_string(),
+            identity.ca.display().to_string(),
+            "--cert".to_string(),
+            identity.cert.display().to_string(),
+            "--key".to_string(),
+            identity.key.display().to_string(),
+        ]
     }
     /// What the current (or last) process printed on stdout.
     pub fn stdout(&self) -> String {
@@ -845,6 +856,14 @@ impl Drop for Member {
             eprintln!("{}", self.logs());
         }
     }
+}
+
+/// `args` with `connection` (flags) placed before a `--` that starts a command for the CLI to run.
+fn with_connection(args: &[&str], connection: Vec<String>) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    all.splice(at..at, connection);
+    all
 }
 
 /// The member gets SIGKILL if the test thread that started it dies without its `Drop` running
