@@ -19,6 +19,9 @@ use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
 use crate::raft::{MemberNode, NodeId, RaftStatus};
 
+/// How long the denial of a removed leader's certificates may wait for the next leader.
+const DENY_AFTER_LEADER_REMOVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct ClusterService(pub(super) Arc<ApiContext>);
 
 fn members(status: &RaftStatus) -> Vec<Member> {
@@ -69,6 +72,32 @@ impl ClusterService {
     fn header(&self) -> Option<ResponseHeader> {
         // etcd's membership responses carry no revision.
         self.0.header(0)
+    }
+
+    /// Denies every certificate member `id` was issued: the one it joined with and each
+    /// renewal, each until it expires (the one it joined with for ever if the registry does not
+    /// know it).
+    async fn deny_member_certificates(&self, id: NodeId, node: &MemberNode) -> Result<(), Status> {
+        let mut denials: Vec<(String, i64)> = identities::member_certificates(&self.0.store, id)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|issued| (issued.serial, issued.not_after))
+            .collect();
+        if !node.cert_serial.is_empty() && !denials.iter().any(|(s, _)| *s == node.cert_serial) {
+            denials.push((node.cert_serial.clone(), 0));
+        }
+        let reason = format!("member {} removed", node.name);
+        for (serial, not_after) in denials {
+            match self
+                .0
+                .propose(identities::deny(&serial, &reason, not_after))
+                .await?
+            {
+                CommandResponse::SettingStored => {}
+                other => return Err(Status::internal(format!("unexpected {other:?}"))),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -125,39 +154,41 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         let (node, is_learner) = self.find(id)?;
-        // Deny first: from the moment it is out, nothing it presents may be accepted: the
-        // certificate it joined with and every renewal of it, each until it expires (the one it
-        // joined with for ever if the registry does not know it).
-        let mut denials: Vec<(String, i64)> = identities::member_certificates(&self.0.store, id)
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|issued| (issued.serial, issued.not_after))
-            .collect();
-        if !node.cert_serial.is_empty() && !denials.iter().any(|(s, _)| *s == node.cert_serial) {
-            denials.push((node.cert_serial.clone(), 0));
-        }
-        for (serial, not_after) in denials {
-            let reason = format!("member {} removed", node.name);
-            match self
-                .0
-                .propose(identities::deny(&serial, &reason, not_after))
-                .await?
-            {
-                CommandResponse::SettingStored => {}
-                other => return Err(Status::internal(format!("unexpected {other:?}"))),
-            }
-        }
         let ids = BTreeSet::from([id]);
         let changes = if is_learner {
             ChangeMembers::RemoveNodes(ids)
         } else {
             ChangeMembers::RemoveVoters(ids)
         };
+        // Deny first: from the moment it is out, nothing it presents may be accepted. Except
+        // the leader: denied first, it would be cut off by the followers before it could commit
+        // its own removal; it is removed (and steps down) first, then denied through the next
+        // leader, as etcd answers only once the configuration change is applied.
+        let removing_the_leader = self.0.consensus.status().leader == Some(id);
+        if !removing_the_leader {
+            self.deny_member_certificates(id, &node).await?;
+        }
         self.0
             .consensus
             .change_membership(changes, true)
             .await
             .map_err(ApiError::from)?;
+        if removing_the_leader {
+            // The next leader needs an election first: wait it out (bounded).
+            let deadline = tokio::time::Instant::now() + DENY_AFTER_LEADER_REMOVAL;
+            loop {
+                match self.deny_member_certificates(id, &node).await {
+                    Ok(()) => break,
+                    Err(status)
+                        if status.code() == tonic::Code::Unavailable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                    }
+                    Err(status) => return Err(status),
+                }
+            }
+        }
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: members(&self.0.consensus.status()),
