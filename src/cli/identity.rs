@@ -37,6 +37,9 @@ pub struct LoginArgs {
 }
 
 pub async fn login(args: LoginArgs) -> Result<(), String> {
+    // Before asking the cluster: a certificate signed for a key that is then not saved would
+    // stay in the registry, valid and unusable.
+    refuse_existing_identity(&args.out)?;
     let identity = join::login(&args.token, &args.peer, &args.name)
         .await
         .map_err(|e| e.to_string())?;
@@ -217,6 +220,7 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
             connect,
         } => {
             let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            refuse_existing_identity(&out)?;
             let (csr_pem, key_pem) = pki::certificate_request(&name).map_err(|e| e.to_string())?;
             let mut admin = AdminClient::new(channel(&connect).await?);
             let issued = with_timeout(admin.issue_identity(IssueIdentityRequest {
@@ -441,7 +445,18 @@ fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Re
     ];
     // Checked up front so that nothing is written when anything is there: an identity is
     // never half-replaced.
-    for (name, _) in files {
+    refuse_existing_identity(dir)?;
+    for (name, pem) in files {
+        let path = dir.join(name);
+        // create_new for every file: 0600 for the key, and never over a file that appeared
+        // meanwhile.
+        pki::write_private_file(&path, pem.as_bytes()).map_err(|e| failed(&path, e))?;
+    }
+    Ok(())
+}
+
+fn refuse_existing_identity(dir: &Path) -> Result<(), String> {
+    for name in ["client.key", "client.crt", "ca.crt"] {
         let path = dir.join(name);
         if path.exists() {
             return Err(format!(
@@ -449,12 +464,6 @@ fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Re
                 path.display()
             ));
         }
-    }
-    for (name, pem) in files {
-        let path = dir.join(name);
-        // create_new for every file: 0600 for the key, and never over a file that appeared
-        // meanwhile.
-        pki::write_private_file(&path, pem.as_bytes()).map_err(|e| failed(&path, e))?;
     }
     Ok(())
 }
