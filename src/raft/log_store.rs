@@ -9,7 +9,7 @@
 //! Invariants:
 //! - an append, a vote, a truncation or a purge is fsynced (redb `Durability::Immediate`) before
 //!   openraft is told it happened: an acknowledged entry is on disk. The committed index is not
-//!   (openraft may lose it), it is persisted by the next fsync;
+//!   (openraft may lose it): it is kept in memory and written by the next of those transactions;
 //! - entries are contiguous from `last_purged + 1` to the last index;
 //! - the in-memory tail holds only entries that are durable in redb, contiguous, ending at the
 //!   last one; it loses entries before redb does (truncation, purge), so a read served from it
@@ -139,6 +139,8 @@ impl Tail {
 pub struct LogStore {
     db: Arc<Database>,
     tail: Arc<Mutex<Tail>>,
+    /// The newest committed log id openraft saved (encoded), not yet written.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl LogStore {
@@ -154,6 +156,7 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(db),
             tail: Arc::default(),
+            committed: Arc::default(),
         })
     }
 
@@ -173,16 +176,25 @@ impl LogStore {
     }
 
     /// Runs `write` in one write transaction, off the async threads (it fsyncs unless
-    /// `durability` says otherwise).
+    /// `durability` says otherwise). The committed log id saved since the last one goes with it.
     async fn write<F>(&self, durability: Durability, write: F) -> StoreResult<()>
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     {
         let db = self.db.clone();
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         tokio::task::spawn_blocking(move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
             write(&txn)?;
+            if let Some(committed) = committed {
+                txn.open_table(STATE)?
+                    .insert(COMMITTED, committed.as_slice())?;
+            }
             txn.commit()?;
             Ok::<_, redb::Error>(())
         })
@@ -272,10 +284,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
-        // openraft allows the committed index to be lost (it is re-learnt from the leader); it
-        // only saves re-applying on restart, so it rides along with the next fsync.
-        self.write_state(COMMITTED, &committed, Durability::None)
-            .await
+        // openraft allows the committed index to be lost (it is re-learnt from the leader, and a
+        // restart starts from the state machine's own position when that is further); it only
+        // spares re-applying on restart. So it costs no transaction of its own on the commit
+        // path: it rides along with the next append (or vote, truncation, purge), and is written
+        // only if that one commits.
+        let bytes = bincode::serialize(&committed).map_err(write_error)?;
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
