@@ -70,13 +70,10 @@ impl Admin for AdminService {
             .read_barrier()
             .await
             .map_err(ApiError::from)?;
-        let token = self
-            .0
-            .store
-            .setting(&setting)
+        let token = identities::join_token(&self.0.store, &setting)
             .map_err(ApiError::from)?
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| Status::unavailable("the cluster has no join token yet"))?;
+            .ok_or_else(|| Status::unavailable("the cluster has no join token yet"))?
+            .to_string();
         Ok(Response::new(ShowTokenResponse { token }))
     }
 
@@ -114,11 +111,7 @@ impl Admin for AdminService {
             ttl,
         )
         .await?;
-        Ok(Response::new(LoginResponse {
-            client_cert_pem: cert_pem,
-            ca_cert_pem: self.0.ca.cert_pem().to_string(),
-            client_urls: self.0.consensus.client_urls(),
-        }))
+        Ok(Response::new(issued_identity(&self.0, cert_pem)))
     }
 
     async fn list_identities(
@@ -280,9 +273,8 @@ impl Identity for IdentityService {
         }
         let lifetime = caller
             .not_after
-            .duration_since(caller.not_before)
-            .unwrap_or_default()
-            .saturating_sub(Duration::try_from(pki::CLOCK_SKEW).unwrap_or_default());
+            .duration_since(identities::issued_at(&caller))
+            .unwrap_or_default();
         let ttl = if lifetime.is_zero() {
             identities::CLIENT_CERT_TTL
         } else {
@@ -296,11 +288,16 @@ impl Identity for IdentityService {
             ttl,
         )
         .await?;
-        Ok(Response::new(LoginResponse {
-            client_cert_pem: cert_pem,
-            ca_cert_pem: self.0.ca.cert_pem().to_string(),
-            client_urls: self.0.consensus.client_urls(),
-        }))
+        Ok(Response::new(issued_identity(&self.0, cert_pem)))
+    }
+}
+
+/// What a caller given a new client certificate needs with it.
+fn issued_identity(context: &ApiContext, client_cert_pem: String) -> LoginResponse {
+    LoginResponse {
+        client_cert_pem,
+        ca_cert_pem: context.ca.cert_pem().to_string(),
+        client_urls: context.consensus.client_urls(),
     }
 }
 

@@ -96,6 +96,14 @@ pub fn token_setting(role: &str) -> Option<String> {
         .then(|| format!("join-token/{role}"))
 }
 
+/// The join token stored under `setting` (see [`token_setting`]), if there is one.
+pub fn join_token(store: &Store, setting: &str) -> Result<Option<pki::JoinToken>, MvccError> {
+    Ok(store
+        .setting(setting)?
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| pki::JoinToken::parse(&text).ok()))
+}
+
 /// Settings name under which a denied certificate serial is recorded.
 pub fn deny_setting(serial_hex: &str) -> String {
     format!("{DENY_PREFIX}{serial_hex}")

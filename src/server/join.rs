@@ -163,12 +163,8 @@ impl JoinService {
     /// Refuses `secret` unless it is the current join token of `role`.
     fn check_token(&self, role: &str, secret: &str, name: &str) -> Result<(), Status> {
         let setting = identities::token_setting(role).expect("a token role");
-        let stored = self
-            .store
-            .setting(&setting)
+        let stored = identities::join_token(&self.store, &setting)
             .map_err(|e| Status::internal(e.to_string()))?
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| JoinToken::parse(&text).ok())
             .ok_or_else(|| Status::unavailable(format!("the cluster has no {role} token yet")))?;
         if stored.secret_matches(secret) {
             Ok(())
