@@ -41,78 +41,77 @@ pub struct Renewal {
 impl Renewal {
     /// Renews this member's certificate whenever it is due; runs until aborted.
     pub async fn run(self) {
-        let mut due = None;
-        loop {
-            // Looked at again every CHECK: the cluster may ask for shorter lifetimes meanwhile.
-            let now = SystemTime::now();
-            let scheduled = match due {
-                Some(due) => due,
-                None => match self.due() {
-                    Ok(scheduled) => *due.insert(scheduled),
-                    Err(error) => {
-                        tracing::error!(%error, "reading the member certificate failed");
-                        now + RETRY
-                    }
-                },
-            };
-            let shortened = self.outlives_the_configured_lifetime().unwrap_or(false);
-            if now < scheduled && !shortened {
-                let wait = scheduled.duration_since(now).unwrap_or_default().min(CHECK);
-                tokio::time::sleep(wait).await;
-                continue;
+        // The certificate in use is read from disk once; afterwards it is the one this task
+        // wrote.
+        let mut current = loop {
+            match self.read_current() {
+                Ok(current) => break current,
+                Err(error) => {
+                    tracing::error!(%error, "reading the member certificate failed");
+                    tokio::time::sleep(RETRY).await;
+                }
             }
-            due = None;
+        };
+        loop {
+            let due = identities::renewal_time(identities::issued_at(&current), current.not_after);
+            // Looked at again every CHECK: the cluster may ask for shorter lifetimes meanwhile.
             loop {
+                let now = SystemTime::now();
+                if now >= due
+                    || self
+                        .outlives_the_configured_lifetime(&current)
+                        .unwrap_or(false)
+                {
+                    break;
+                }
+                tokio::time::sleep(due.duration_since(now).unwrap_or_default().min(CHECK)).await;
+            }
+            current = loop {
                 match self.renew().await {
-                    Ok(serial) => {
-                        tracing::info!(%serial, "renewed the member certificate");
-                        break;
+                    Ok(renewed) => {
+                        tracing::info!(serial = %renewed.serial_hex, "renewed the member certificate");
+                        break renewed;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "renewing the member certificate failed; retrying");
                         tokio::time::sleep(RETRY).await;
                     }
                 }
-            }
+            };
         }
     }
 
-    fn current(&self) -> Result<pki::PeerIdentity, ServerError> {
+    fn read_current(&self) -> Result<pki::PeerIdentity, ServerError> {
         let cert_pem = std::fs::read_to_string(self.data.member_cert())
             .map_err(|e| ServerError::Io(self.data.member_cert(), e))?;
         Ok(pki::identity_of(&pki::first_cert_der(&cert_pem)?)?)
     }
 
-    /// When the certificate in the data directory is due for renewal.
-    fn due(&self) -> Result<SystemTime, ServerError> {
-        let current = self.current()?;
-        Ok(identities::renewal_time(
-            identities::issued_at(&current),
-            current.not_after,
-        ))
-    }
-
-    /// Whether the current certificate lives longer than the lifetime the cluster now asks for
-    /// (`bulwark ca update --cert-ttl`): then it is renewed at once, to the new lifetime.
-    fn outlives_the_configured_lifetime(&self) -> Result<bool, ServerError> {
+    /// Whether `current` lives longer than the lifetime the cluster now asks for (`bulwark ca
+    /// update --cert-ttl`): then it is renewed at once, to the new lifetime.
+    fn outlives_the_configured_lifetime(
+        &self,
+        current: &pki::PeerIdentity,
+    ) -> Result<bool, ServerError> {
         let configured = identities::member_cert_ttl(&self.store)?;
-        let left = self
-            .current()?
+        let left = current
             .not_after
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         Ok(left > configured + CHECK)
     }
 
-    async fn renew(&self) -> Result<String, ServerError> {
+    /// Issues, records, writes and takes into use a new certificate; returns who it names.
+    async fn renew(&self) -> Result<pki::PeerIdentity, ServerError> {
         let ttl = identities::member_cert_ttl(&self.store)?;
         let renewed = self.ca.issue_member(&self.name, &self.hosts, ttl)?;
-        let mut issued = IssuedCertificate::of_pem(&renewed.cert_pem)?;
+        let identity = pki::identity_of(&pki::first_cert_der(&renewed.cert_pem)?)?;
+        let mut issued = IssuedCertificate::of_identity(&identity);
         issued.member_id = self.member_id;
         self.consensus.propose(issued.record()).await?;
         write_member_identity(&self.data, &renewed)?;
         self.identity.replace(&renewed)?;
-        Ok(issued.serial)
+        Ok(identity)
     }
 }
 
