@@ -67,6 +67,11 @@ pub(super) struct ApplyState<'txn> {
 }
 
 impl<'txn> ApplyState<'txn> {
+    /// The newest revision, counting what this transaction applied so far.
+    pub(super) fn current_revision(&self) -> i64 {
+        self.status.current_revision
+    }
+
     pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, MvccError> {
         let meta = txn.open_table(META)?;
         let status = super::read_status(&meta)?;

@@ -228,13 +228,14 @@ impl Store {
     ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
         let mut writer = self.writer();
         let durable = writer.last_flush.elapsed() >= FLUSH_INTERVAL;
-        let results = apply_commands(&self.db(), commands, consensus, durable)?;
+        let (results, current_revision) = apply_commands(&self.db(), commands, consensus, durable)?;
         if durable {
             writer.last_flush = Instant::now();
         }
         writer.journal.record(commands, consensus);
         drop(writer);
-        self.publish()?;
+        // The transaction knew the revision it ended at: no read transaction to ask again.
+        self.committed.send_replace(current_revision);
         Ok(results)
     }
 
@@ -358,19 +359,21 @@ fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
 }
 
 /// Applies `commands` in order in one write transaction of `db`, recording `consensus` with
-/// them (see [`Store::apply`]); durable (fsynced) only when asked.
+/// them (see [`Store::apply`]); durable (fsynced) only when asked. Also returns the revision
+/// the store is at afterwards.
 fn apply_commands(
     db: &Database,
     commands: &[&[u8]],
     consensus: &[u8],
     durable: bool,
-) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
+) -> Result<(Vec<Result<CommandResponse, MvccError>>, i64), MvccError> {
     let mut txn = db.begin_write()?;
     if !durable {
         txn.set_durability(redb::Durability::None)
             .map_err(|e| MvccError::Storage(e.into()))?;
     }
     let mut results = Vec::with_capacity(commands.len());
+    let current_revision;
     {
         let mut state = apply::ApplyState::open(&txn)?;
         for payload in commands {
@@ -388,9 +391,10 @@ fn apply_commands(
         }
         txn.open_table(CONSENSUS)?
             .insert(CONSENSUS_APPLIED, consensus)?;
+        current_revision = state.current_revision();
     }
     txn.commit()?;
-    Ok(results)
+    Ok((results, current_revision))
 }
 
 /// Encodes a command as the bytes a log entry carries.
