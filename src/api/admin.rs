@@ -1,7 +1,8 @@
 //! Bulwark's own services on the client port: `bulwarkpb.Admin` (join tokens: show, rotate;
-//! client identities: issue, list, revoke; the CA: status, update; see [`crate::identities`]),
-//! which only the admin identity may call, and `bulwarkpb.Identity` (renewing one's own
-//! certificate), which any client identity may call for itself.
+//! client identities: issue, list, revoke; the CA: status, update, rotate; see
+//! [`crate::identities`]), which only the admin identity may call, and `bulwarkpb.Identity`
+//! (renewing one's own certificate, the roots to trust), which any client identity may call for
+//! itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,16 +11,17 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::ApiContext;
-use crate::identities;
+use crate::identities::{self, rotation};
 use crate::mvcc::CommandResponse;
 use crate::pki::{self, JoinToken, Role};
 use crate::proto::bulwarkpb::admin_server::Admin;
 use crate::proto::bulwarkpb::identity_server::Identity;
 use crate::proto::bulwarkpb::{
-    command, CaRoot, CaStatusRequest, CaStatusResponse, IdentityInfo, IssueIdentityRequest,
-    ListIdentitiesRequest, ListIdentitiesResponse, LoginResponse, RenewRequest,
-    RevokeIdentityRequest, RevokeIdentityResponse, ShowTokenRequest, ShowTokenResponse,
-    UpdateCaRequest, UpdateCaResponse,
+    command, CaRoot, CaRotationStatus, CaStatusRequest, CaStatusResponse, IdentityInfo,
+    IssueIdentityRequest, ListIdentitiesRequest, ListIdentitiesResponse, LoginResponse,
+    RenewRequest, RevokeIdentityRequest, RevokeIdentityResponse, RotateCaRequest, RotateCaResponse,
+    ShowTokenRequest, ShowTokenResponse, TrustRequest, TrustResponse, UpdateCaRequest,
+    UpdateCaResponse,
 };
 
 /// The admin identity's common name (etcd's `root` user).
@@ -84,7 +86,17 @@ impl Admin for AdminService {
         require_admin(&request)?;
         let role = &request.get_ref().role;
         let setting = token_setting(role)?;
-        let token = JoinToken::generate(self.0.ca.cert_pem())
+        self.0
+            .consensus
+            .read_barrier()
+            .await
+            .map_err(ApiError::from)?;
+        // During a CA rotation tokens still pin the old root (see `rotation`).
+        let pinned = match rotation::current(&self.0.store).map_err(ApiError::from)? {
+            Some(rotation) => rotation.token_root().to_string(),
+            None => self.0.ca.issuer().cert_pem().to_string(),
+        };
+        let token = JoinToken::generate(&pinned)
             .map_err(|e| Status::internal(e.to_string()))?
             .to_string();
         self.propose_setting(identities::set_setting(setting, token.clone().into_bytes()))
@@ -105,7 +117,7 @@ impl Admin for AdminService {
         };
         let cert_pem = identities::issue_client(
             &self.0.consensus,
-            &self.0.ca,
+            &self.0.ca.issuer(),
             &request.name,
             &request.csr_pem,
             ttl,
@@ -217,35 +229,132 @@ impl Admin for AdminService {
             .await
             .map_err(ApiError::from)?;
         let internal = |e: pki::PkiError| Status::internal(e.to_string());
-        let roots = pki::certs_from_pem(self.0.ca.cert_pem())
+        let store = &self.0.store;
+        let issuing = pki::ca_digest(self.0.ca.issuer().cert_pem()).map_err(internal)?;
+        let mut roots = pki::certs_from_pem(&self.0.ca.roots_pem())
             .map_err(internal)?
             .iter()
             .map(|der| {
-                let root = pki::identity_of(der).map_err(internal)?;
-                Ok(CaRoot {
-                    subject: root.common_name,
-                    digest: pki::der_digest(der),
-                    not_after: identities::unix_seconds(root.not_after),
-                })
+                let state = if pki::der_digest(der) == issuing {
+                    "issuing"
+                } else {
+                    "trusted"
+                };
+                root_info(der, state)
             })
-            .collect::<Result<_, Status>>()?;
-        let listed = identities::list(&self.0.store).map_err(ApiError::from)?;
-        let mut members = Vec::new();
-        for (id, node, _) in self.0.consensus.status().members {
-            // Its newest certificate (renewals come later than the one it joined with).
-            let newest = listed
-                .iter()
-                .filter(|(issued, _)| issued.member_id == id || issued.serial == node.cert_serial)
-                .max_by_key(|(issued, _)| (issued.issued_at, issued.not_after));
-            if let Some((issued, state)) = newest {
-                members.push(identity_info(issued.clone(), *state));
+            .collect::<Result<Vec<_>, Status>>()?;
+        let rotation = rotation::current(store).map_err(ApiError::from)?;
+        if let Some(retired) = rotation.as_ref().filter(|r| !r.is_rotating()) {
+            let der = pki::first_cert_der(&retired.old_root_pem).map_err(internal)?;
+            roots.push(root_info(&der, "retired")?);
+        }
+        let listed = identities::list(store).map_err(ApiError::from)?;
+        let members = self
+            .0
+            .consensus
+            .status()
+            .members
+            .into_iter()
+            .filter_map(|(id, node, _)| {
+                rotation::newest_member_certificate(&listed, id, &node.cert_serial)
+            })
+            .map(|(issued, state)| identity_info(issued.clone(), *state))
+            .collect();
+        // Each client identity's newest valid certificate.
+        let mut newest = std::collections::BTreeMap::<&str, &identities::IssuedCertificate>::new();
+        for (issued, state) in &listed {
+            if issued.role == "client" && *state == identities::CertificateState::Valid {
+                let entry = newest.entry(issued.name.as_str()).or_insert(issued);
+                if (issued.issued_at, issued.not_after) > (entry.issued_at, entry.not_after) {
+                    *entry = issued;
+                }
             }
         }
-        let ttl = identities::member_cert_ttl(&self.0.store).map_err(ApiError::from)?;
+        let identities: Vec<IdentityInfo> = newest
+            .values()
+            .map(|issued| identity_info((*issued).clone(), identities::CertificateState::Valid))
+            .collect();
+        let rotation = match rotation {
+            Some(rotation) => {
+                let (members_on_old_root, identities_on_old_root) = if rotation.is_rotating() {
+                    (
+                        rotation::members_not_on(store, &self.0.consensus, &rotation.new_root_name)
+                            .map_err(ApiError::from)?,
+                        identities
+                            .iter()
+                            .filter(|identity| identity.issuer != rotation.new_root_name)
+                            .map(|identity| identity.name.clone())
+                            .collect(),
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                Some(CaRotationStatus {
+                    generation: rotation.generation,
+                    old_root: rotation.old_root_name,
+                    new_root: rotation.new_root_name,
+                    started_at: rotation.started_at,
+                    retired_at: rotation.retired_at,
+                    grace_seconds: rotation.grace_seconds,
+                    members_on_old_root,
+                    identities_on_old_root,
+                })
+            }
+            None => None,
+        };
+        let ttl = identities::member_cert_ttl(store).map_err(ApiError::from)?;
         Ok(Response::new(CaStatusResponse {
             roots,
             member_cert_ttl_seconds: ttl.as_secs(),
             members,
+            rotation,
+            identities,
+        }))
+    }
+
+    async fn rotate_ca(
+        &self,
+        request: Request<RotateCaRequest>,
+    ) -> Result<Response<RotateCaResponse>, Status> {
+        require_admin(&request)?;
+        let grace = request
+            .get_ref()
+            .grace_seconds
+            .map_or(rotation::DEFAULT_GRACE, Duration::from_secs);
+        self.0
+            .consensus
+            .read_barrier()
+            .await
+            .map_err(ApiError::from)?;
+        let previous = rotation::current(&self.0.store).map_err(ApiError::from)?;
+        let issuer = self.0.ca.issuer();
+        let started = rotation::CaRotation::start(&issuer, previous.as_ref(), grace).map_err(
+            |e| match e {
+                rotation::RotationError::InProgress(_) | rotation::RotationError::NotCurrent => {
+                    Status::failed_precondition(e.to_string())
+                }
+                other => Status::internal(other.to_string()),
+            },
+        )?;
+        // Compare-and-set: a rotation started elsewhere meanwhile makes this one fail.
+        self.propose_setting(started.replacing(previous.as_ref()))
+            .await
+            .map_err(|status| {
+                if status.code() == tonic::Code::FailedPrecondition {
+                    Status::failed_precondition(
+                        "the CA changed while this rotation was being prepared (another `ca \
+                         rotate`?); see `bulwark ca status`",
+                    )
+                } else {
+                    status
+                }
+            })?;
+        tracing::info!(root = %started.new_root_name, grace_seconds = started.grace_seconds, "CA rotation started");
+        let der = pki::first_cert_der(&started.new_root_pem)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(RotateCaResponse {
+            generation: started.generation,
+            new_root: Some(root_info(&der, "issuing")?),
         }))
     }
 }
@@ -282,7 +391,7 @@ impl Identity for IdentityService {
         };
         let cert_pem = identities::issue_client(
             &self.0.consensus,
-            &self.0.ca,
+            &self.0.ca.issuer(),
             &caller.common_name,
             &request.get_ref().csr_pem,
             ttl,
@@ -290,13 +399,28 @@ impl Identity for IdentityService {
         .await?;
         Ok(Response::new(issued_identity(&self.0, cert_pem)))
     }
+
+    async fn trust(
+        &self,
+        request: Request<TrustRequest>,
+    ) -> Result<Response<TrustResponse>, Status> {
+        // Any verified client may ask; the handshake has checked its certificate.
+        request
+            .peer_certs()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| Status::permission_denied("etcdserver: permission denied"))?;
+        Ok(Response::new(TrustResponse {
+            ca_cert_pem: self.0.ca.roots_pem(),
+            issuer: self.0.ca.issuer().common_name().to_string(),
+        }))
+    }
 }
 
 /// What a caller given a new client certificate needs with it.
 fn issued_identity(context: &ApiContext, client_cert_pem: String) -> LoginResponse {
     LoginResponse {
         client_cert_pem,
-        ca_cert_pem: context.ca.cert_pem().to_string(),
+        ca_cert_pem: context.ca.roots_pem(),
         client_urls: context.consensus.client_urls(),
     }
 }
@@ -312,5 +436,16 @@ fn identity_info(
         not_after: issued.not_after,
         issued_at: issued.issued_at,
         state: state.as_str().to_string(),
+        issuer: issued.issuer,
     }
+}
+
+fn root_info(der: &[u8], state: &str) -> Result<CaRoot, Status> {
+    let root = pki::identity_of(der).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(CaRoot {
+        subject: root.common_name,
+        digest: pki::der_digest(der),
+        not_after: identities::unix_seconds(root.not_after),
+        state: state.to_string(),
+    })
 }

@@ -89,7 +89,9 @@ impl ApiError {
                 }
                 MvccError::KeyNotFound => etcd(Code::InvalidArgument, &error.to_string()),
                 MvccError::LeaseNotFound => etcd(Code::NotFound, &error.to_string()),
-                MvccError::LeaseExists => etcd(Code::FailedPrecondition, &error.to_string()),
+                MvccError::LeaseExists | MvccError::SettingChanged => {
+                    etcd(Code::FailedPrecondition, &error.to_string())
+                }
                 MvccError::Corrupt(_) => etcd(Code::DataLoss, "corrupt cluster"),
                 MvccError::Storage(_) | MvccError::DefragmentFile(_) => {
                     etcd(Code::Internal, &error.to_string())

@@ -80,6 +80,7 @@ impl Maintenance for MaintenanceService {
                         request.member_id
                     ),
                     value,
+                    ..Default::default()
                 };
                 self.0
                     .propose(crate::proto::bulwarkpb::command::Kind::SetSetting(setting))

@@ -80,8 +80,9 @@ pub struct ApiContext {
     pub store: Arc<Store>,
     pub consensus: Arc<Consensus>,
     pub lessor: Arc<crate::lease::Lessor>,
-    /// Signs client identities (`identity issue`); every member holds the CA key.
-    pub ca: Arc<crate::pki::ClusterCa>,
+    /// Signs client identities (`identity issue`; every member holds the CA key) and knows the
+    /// trusted roots; a CA rotation replaces both while serving.
+    pub ca: Arc<crate::pki::Authority>,
     pub member: MemberInfo,
     pub limits: Limits,
 }
@@ -167,6 +168,7 @@ impl ApiContext {
             let alarm = command::Kind::SetSetting(crate::proto::bulwarkpb::Setting {
                 name: nospace_alarm(self.member.member_id),
                 value: b"NOSPACE".to_vec(),
+                ..Default::default()
             });
             self.consensus.propose(alarm).await?;
             return Err(ApiError::NoSpace);

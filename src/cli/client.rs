@@ -46,6 +46,26 @@ impl ConnectArgs {
         self.format
     }
 
+    /// The identity directory these flags name (`--cacert DIR/ca.crt --cert DIR/client.crt --key
+    /// DIR/client.key`, as `login` writes them), if they name one; not a member's data directory,
+    /// whose admin identity the member keeps current itself.
+    pub(super) fn identity_directory(&self) -> Option<PathBuf> {
+        if self.data_dir.is_some() {
+            return None;
+        }
+        let dir = self.cert.as_deref()?.parent()?.to_path_buf();
+        let named = |path: &Option<PathBuf>, name: &str| path.as_deref() == Some(&*dir.join(name));
+        (named(&self.cert, "client.crt")
+            && named(&self.key_file, "client.key")
+            && named(&self.cacert, "ca.crt"))
+        .then_some(dir)
+    }
+
+    /// The endpoints these flags connect to.
+    pub(super) fn endpoint_list(&self) -> Result<Vec<String>, String> {
+        Ok(target(self)?.endpoints)
+    }
+
     /// Connecting as the identity in `dir` (`ca.crt`, `client.crt`, `client.key`, as `login`
     /// writes them) to `endpoints`.
     pub(super) fn identity_dir(dir: &Path, endpoints: Vec<String>) -> ConnectArgs {

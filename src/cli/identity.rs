@@ -14,8 +14,7 @@ use crate::pki;
 use crate::proto::bulwarkpb::admin_client::AdminClient;
 use crate::proto::bulwarkpb::identity_client::IdentityClient;
 use crate::proto::bulwarkpb::{
-    CaStatusRequest, IssueIdentityRequest, ListIdentitiesRequest, RenewRequest,
-    RevokeIdentityRequest, UpdateCaRequest,
+    IssueIdentityRequest, ListIdentitiesRequest, RenewRequest, RevokeIdentityRequest, TrustRequest,
 };
 use crate::server::join;
 
@@ -75,16 +74,37 @@ pub async fn renew(args: RenewArgs) -> Result<(), String> {
 }
 
 /// `bulwark agent`: keeps the identity in DIR renewed, at 50 to 80 % of each certificate's
-/// lifetime, until stopped.
+/// lifetime, and at once when the cluster issues from another root (a CA rotation); keeps
+/// `ca.crt` equal to the roots the cluster trusts. Runs until stopped.
 pub async fn agent(args: RenewArgs) -> Result<(), String> {
+    // Often enough to move well within a CA rotation's grace period (60 s by default).
+    const CHECK: Duration = Duration::from_secs(5);
     const RETRY: Duration = Duration::from_secs(10);
+    let mut schedule: Option<(String, SystemTime)> = None;
     loop {
         let current = current_identity(&args.dir)?;
-        let due = identities::renewal_time(identities::issued_at(&current), current.not_after);
+        // One random point per certificate, not a new one at every look.
+        let due = match &schedule {
+            Some((serial, due)) if *serial == current.serial_hex => *due,
+            _ => {
+                let due =
+                    identities::renewal_time(identities::issued_at(&current), current.not_after);
+                schedule = Some((current.serial_hex.clone(), due));
+                due
+            }
+        };
+        let moved_root = match refresh_trust(&args.dir, &args.endpoints).await {
+            Ok(issuer) => issuer != current.issuer,
+            Err(error) => {
+                eprintln!(
+                    "bulwark agent: asking the cluster which roots it trusts failed: {error}"
+                );
+                false
+            }
+        };
         let now = SystemTime::now();
-        if let Ok(wait) = due.duration_since(now) {
-            // Woken at least every minute, so a clock change or a renewal by hand is noticed.
-            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+        if now < due && !moved_root {
+            tokio::time::sleep(CHECK).await;
             continue;
         }
         match renew_identity(&args.dir, &args.endpoints).await {
@@ -105,18 +125,39 @@ pub async fn agent(args: RenewArgs) -> Result<(), String> {
 
 fn current_identity(dir: &Path) -> Result<pki::PeerIdentity, String> {
     let path = dir.join("client.crt");
-    let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    pki::finish_interrupted_replace(&dir.join("client.key"), &path).map_err(|e| failed(&e))?;
+    let pem = std::fs::read_to_string(&path).map_err(|e| failed(&e))?;
     pki::first_cert_der(&pem)
         .and_then(|der| pki::identity_of(&der))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| failed(&e))
 }
 
-async fn renew_identity(dir: &Path, endpoints: &[String]) -> Result<String, String> {
+/// Asks the cluster which roots it trusts and which one issues; rewrites `ca.crt` in `dir` when
+/// it holds other roots. Returns the issuing root's name.
+pub(super) async fn refresh_trust(dir: &Path, endpoints: &[String]) -> Result<String, String> {
+    let connect = ConnectArgs::identity_dir(dir, resolve_endpoints(dir, endpoints)?);
+    let mut client = IdentityClient::new(channel(&connect).await?);
+    let trust = with_timeout(client.trust(TrustRequest {})).await?;
+    let path = dir.join("ca.crt");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(trust.ca_cert_pem.as_str()) {
+        pki::replace_file(&path, trust.ca_cert_pem.as_bytes(), true)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(trust.issuer)
+}
+
+fn resolve_endpoints(dir: &Path, endpoints: &[String]) -> Result<Vec<String>, String> {
+    match endpoints {
+        [] => read_endpoints(dir),
+        given => Ok(given.to_vec()),
+    }
+}
+
+/// Renews the identity in `dir` (a new key made here, the same name); returns the new serial.
+pub(super) async fn renew_identity(dir: &Path, endpoints: &[String]) -> Result<String, String> {
     let current = current_identity(dir)?;
-    let endpoints = match endpoints {
-        [] => read_endpoints(dir)?,
-        given => given.to_vec(),
-    };
+    let endpoints = resolve_endpoints(dir, endpoints)?;
     let (csr_pem, key_pem) =
         pki::certificate_request(&current.common_name).map_err(|e| e.to_string())?;
     let connect = ConnectArgs::identity_dir(dir, endpoints);
@@ -159,23 +200,19 @@ fn read_endpoints(dir: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Replaces the identity in `dir` with a renewed one: each file written beside its target and
-/// renamed over it, the key first, so a crash leaves the old pair or the new key with the old
-/// certificate (renew again) but never a half-written file.
+/// Replaces the identity in `dir` with a renewed one: the roots first (they trust the old and
+/// the new certificate alike), then the key pair so that a crash never leaves a key that does not
+/// match its certificate ([`pki::replace_key_pair`]).
 fn replace_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), String> {
-    for (name, pem) in [
-        ("client.key", key_pem),
-        ("client.crt", cert_pem),
-        ("ca.crt", ca_pem),
-    ] {
-        let path = dir.join(name);
-        let temporary = dir.join(format!("{name}.renewing"));
-        let failed = |e: std::io::Error| format!("{}: {e}", path.display());
-        let _ = std::fs::remove_file(&temporary);
-        pki::write_private_file(&temporary, pem.as_bytes()).map_err(failed)?;
-        std::fs::rename(&temporary, &path).map_err(failed)?;
-    }
-    Ok(())
+    let (ca, key, cert) = (
+        dir.join("ca.crt"),
+        dir.join("client.key"),
+        dir.join("client.crt"),
+    );
+    pki::replace_file(&ca, ca_pem.as_bytes(), true)
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+    pki::replace_key_pair(&key, key_pem, &cert, cert_pem)
+        .map_err(|e| format!("{}: {e}", cert.display()))
 }
 
 #[derive(Debug, Args)]
@@ -295,101 +332,8 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct CaArgs {
-    #[command(subcommand)]
-    action: CaAction,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum CaAction {
-    /// Show the roots, the member certificate lifetime and each member's certificate.
-    Status {
-        #[command(flatten)]
-        connect: ConnectArgs,
-    },
-    /// Change the CA's settings (admin identity only).
-    Update {
-        /// Lifetime of member certificates, e.g. 90d or 1h; members renew to it at once when
-        /// theirs lives longer, and at 50-80 % of it from then on.
-        #[arg(long, value_parser = parse_ttl)]
-        cert_ttl: Duration,
-        #[command(flatten)]
-        connect: ConnectArgs,
-    },
-}
-
-pub async fn ca(args: CaArgs) -> Result<(), String> {
-    match args.action {
-        CaAction::Update { cert_ttl, connect } => {
-            let mut admin = AdminClient::new(channel(&connect).await?);
-            let updated = with_timeout(admin.update_ca(UpdateCaRequest {
-                member_cert_ttl_seconds: cert_ttl.as_secs(),
-            }))
-            .await?;
-            println!(
-                "member certificates now live {}s; members renew to it",
-                updated.member_cert_ttl_seconds
-            );
-            Ok(())
-        }
-        CaAction::Status { connect } => {
-            let format = connect.format();
-            let mut admin = AdminClient::new(channel(&connect).await?);
-            let status = with_timeout(admin.ca_status(CaStatusRequest {})).await?;
-            if matches!(format, Format::Json) {
-                let json = serde_json::json!({
-                    "roots": status.roots.iter().map(|root| serde_json::json!({
-                        "subject": root.subject,
-                        "digest": root.digest,
-                        "not_after": root.not_after,
-                    })).collect::<Vec<_>>(),
-                    "member_cert_ttl_seconds": status.member_cert_ttl_seconds,
-                    "members": status.members.iter().map(|member| serde_json::json!({
-                        "name": member.name,
-                        "serial": member.serial,
-                        "not_after": member.not_after,
-                        "state": member.state,
-                    })).collect::<Vec<_>>(),
-                });
-                println!("{json}");
-                return Ok(());
-            }
-            for root in &status.roots {
-                println!(
-                    "root: {} (sha256 {}), expires {}",
-                    root.subject,
-                    root.digest,
-                    utc(root.not_after)
-                );
-            }
-            println!(
-                "member certificate lifetime: {}s",
-                status.member_cert_ttl_seconds
-            );
-            let rows: Vec<Vec<String>> = status
-                .members
-                .iter()
-                .map(|member| {
-                    vec![
-                        member.name.clone(),
-                        member.serial.clone(),
-                        utc(member.not_after),
-                        member.state.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                bordered_table(&["MEMBER", "SERIAL", "EXPIRES", "STATE"], &rows, usize::MAX)
-            );
-            Ok(())
-        }
-    }
-}
-
 /// `90d`, `12h`, `30m`, `45s` (a bare number is seconds).
-fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
@@ -411,7 +355,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc(seconds: i64) -> String {
+pub(super) fn utc(seconds: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(seconds) {
         Ok(at) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",

@@ -2,6 +2,7 @@
 //! `put`, `del`), and `bench`. It parses arguments and calls into `server`, the client code or
 //! `bench`; it holds no server logic.
 
+mod ca;
 mod client;
 mod coordination;
 mod identity;
@@ -65,8 +66,9 @@ enum Command {
     Agent(identity::RenewArgs),
     /// Client identities (admin identity only): issue, list, revoke.
     Identity(identity::IdentityArgs),
-    /// The cluster CA: status (roots, member certificates), update (certificate lifetime).
-    Ca(identity::CaArgs),
+    /// The cluster CA: status (roots, rotation, certificates), update (certificate lifetime),
+    /// rotate (a new root with no downtime).
+    Ca(ca::CaArgs),
     /// Hold a distributed lock while a command runs (`bulwark lock NAME -- COMMAND ...`).
     Lock(coordination::LockArgs),
     /// Benchmark Bulwark against etcd, side by side on this machine (`--quick` for a smoke run).
@@ -251,7 +253,7 @@ pub fn main() -> ExitCode {
             Command::Identity(args) => identity::identity(args).await,
             Command::Renew(args) => identity::renew(args).await,
             Command::Agent(args) => identity::agent(args).await,
-            Command::Ca(args) => identity::ca(args).await,
+            Command::Ca(args) => ca::ca(args).await,
             Command::Bench(args) => crate::bench::main(args).await,
         }
     });

@@ -8,13 +8,17 @@
 //!   handshake and drops its open connections; dropped from the list by the leader once the
 //!   certificate has expired anyway (TLS refuses it from then on);
 //! - `join-token/<role>`: the join token of `manager` (new members) and `client` (new client
-//!   identities, `bulwark login`).
+//!   identities, `bulwark login`);
+//! - `ca/member-cert-ttl`: the lifetime of member certificates;
+//! - `ca/rotation`: the current or last CA rotation ([`rotation`]).
 //!
 //! Invariants:
 //! - a certificate is recorded before it is handed out, so `identity list` and `identity revoke`
 //!   know every certificate anyone holds;
 //! - a revoked certificate is denied until it expires: a denial is removed only after its
 //!   `not_after` (a denial without one is kept for ever).
+
+pub mod rotation;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -128,6 +132,10 @@ pub struct IssuedCertificate {
     /// every certificate it was issued, renewed ones included.
     #[serde(default)]
     pub member_id: u64,
+    /// CN of the root that signed it ("Bulwark Root CA", "Bulwark Root CA 2", ...): whether its
+    /// holder has moved to a rotated root. Empty in entries older than CA rotation.
+    #[serde(default)]
+    pub issuer: String,
 }
 
 /// Why and until when a certificate is refused.
@@ -185,6 +193,7 @@ impl IssuedCertificate {
             not_after: unix_seconds(identity.not_after),
             issued_at: now_unix(),
             member_id: 0,
+            issuer: identity.issuer.clone(),
         }
     }
 
@@ -211,7 +220,22 @@ pub fn deny(serial: &str, reason: &str, not_after: i64) -> command::Kind {
 
 /// A setting write; an empty value removes the setting.
 pub fn set_setting(name: String, value: Vec<u8>) -> command::Kind {
-    command::Kind::SetSetting(Setting { name, value })
+    command::Kind::SetSetting(Setting {
+        name,
+        value,
+        ..Default::default()
+    })
+}
+
+/// A setting write that applies only if the setting still holds `expected` (empty: absent);
+/// otherwise the state machine rejects it with `MvccError::SettingChanged`.
+pub fn replace_setting(name: String, expected: Vec<u8>, value: Vec<u8>) -> command::Kind {
+    command::Kind::SetSetting(Setting {
+        name,
+        value,
+        compare: true,
+        expected,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -121,6 +121,13 @@ impl<'txn> ApplyState<'txn> {
                 CommandResponse::LeaseRevoke(self.revoke_lease(&mut writing, revoke.id)?)
             }
             Some(Kind::SetSetting(setting)) => {
+                if setting.compare {
+                    let current = self.settings.get(setting.name.as_str())?;
+                    let current = current.as_ref().map_or(&[][..], |value| value.value());
+                    if current != setting.expected.as_slice() {
+                        return Err(MvccError::SettingChanged);
+                    }
+                }
                 // An empty value removes the setting.
                 if setting.value.is_empty() {
                     self.settings.remove(setting.name.as_str())?;

@@ -93,6 +93,8 @@ pub enum MvccError {
     LeaseNotFound,
     #[error("lease already exists")]
     LeaseExists,
+    #[error("the setting changed since it was read")]
+    SettingChanged,
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
     #[error("corrupt store: {0}")]

@@ -24,6 +24,7 @@ pub fn encode_result(result: &Result<CommandResponse, MvccError>) -> Vec<u8> {
                 MvccError::KeyNotFound => Reason::KeyNotFound,
                 MvccError::LeaseNotFound => Reason::LeaseNotFound,
                 MvccError::LeaseExists => Reason::LeaseExists,
+                MvccError::SettingChanged => Reason::SettingChanged,
                 // Applying never fails with a defragmentation error; listed for completeness.
                 MvccError::Corrupt(_)
                 | MvccError::Storage(_)
@@ -57,6 +58,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<CommandResponse, MvccError> {
                 Reason::KeyNotFound => MvccError::KeyNotFound,
                 Reason::LeaseNotFound => MvccError::LeaseNotFound,
                 Reason::LeaseExists => MvccError::LeaseExists,
+                Reason::SettingChanged => MvccError::SettingChanged,
                 Reason::Corrupt | Reason::Unknown => MvccError::Corrupt(rejection.detail),
             },
         ),

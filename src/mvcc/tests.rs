@@ -446,6 +446,7 @@ fn a_snapshot_restores_every_revision_and_the_position() {
             crate::proto::bulwarkpb::Setting {
                 name: "join-token/manager".into(),
                 value: b"token".to_vec(),
+                ..Default::default()
             },
         ))
         .unwrap();

@@ -1,11 +1,17 @@
 //! The cluster root CA and the certificates it issues.
 //!
-//! The root is a self-signed ECDSA P-256 certificate, CN "Bulwark Root CA", O = the cluster id as
-//! 16 lowercase hex digits, valid ten years, basic constraints CA without a path length limit (so
-//! a future root can be cross-signed by this one), key usages keyCertSign and cRLSign. Issued
-//! certificates carry the same O, a random 126-bit serial, keyUsage digitalSignature, an
+//! The root is a self-signed ECDSA P-256 certificate, CN "Bulwark Root CA" (generation N > 1 of a
+//! rotated CA: "Bulwark Root CA N", so every generation has its own subject), O = the cluster id
+//! as 16 lowercase hex digits, valid ten years, basic constraints CA without a path length limit
+//! (so a successor root can be cross-signed by this one), key usages keyCertSign and cRLSign.
+//! Issued certificates carry the same O, a random 126-bit serial, keyUsage digitalSignature, an
 //! authority key identifier, and are valid from one hour ago (clock skew between members) until
 //! `ttl` from now.
+//!
+//! Rotation ([`ClusterCa::successor`]): a new root with a new key, plus the same root
+//! cross-signed by the old one. While both are in use, every certificate the new root issues is
+//! handed out followed by the cross-signed copy, so a peer that still trusts only the old root
+//! verifies it through that copy, and one that trusts the new root verifies it directly.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -19,7 +25,7 @@ use rcgen::{
 use rustls_pki_types::ServerName;
 use time::OffsetDateTime;
 
-use super::pem::{first_cert_der, parse_x509};
+use super::pem::{certs_from_pem, der_to_pem, first_cert_der, parse_x509};
 use super::{CertifiedKey, PkiError, CLIENT_OU, MEMBER_OU};
 
 const CA_COMMON_NAME: &str = "Bulwark Root CA";
@@ -35,9 +41,22 @@ const ALWAYS_LOCAL: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// certificates.
 pub struct ClusterCa {
     cluster_id: u64,
+    /// This root alone.
     cert_pem: String,
     key_pem: String,
+    /// Certificates handed out after every leaf this CA issues: the cross-signed copy of this
+    /// root while a rotation is in progress, else nothing.
+    chain_pem: String,
+    common_name: String,
     issuer: Issuer<'static, KeyPair>,
+}
+
+/// A rotation's new root, from [`ClusterCa::successor`].
+pub struct Successor {
+    /// The new root, with its cross-signed copy as the chain of what it issues.
+    pub ca: ClusterCa,
+    /// The new root's certificate signed by the old root (same subject and key as the new root).
+    pub cross_pem: String,
 }
 
 impl fmt::Debug for ClusterCa {
@@ -53,24 +72,28 @@ impl ClusterCa {
     /// A new root CA for cluster `cluster_id`, with a fresh key.
     pub fn generate(cluster_id: u64) -> Result<Self, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(CA_COMMON_NAME, None, cluster_id);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.serial_number = Some(random_serial());
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + CA_VALIDITY;
+        let params = root_params(CA_COMMON_NAME, cluster_id, now + CA_VALIDITY);
         let cert = params.self_signed(&key)?;
         // Load through `from_pem` so a fresh CA and a reloaded one sign identically.
         Self::from_pem(&cert.pem(), &key.serialize_pem())
     }
 
-    /// Loads a CA written by [`ClusterCa::generate`]. Refuses a certificate that is not a CA,
-    /// whose O is not a cluster id, or whose public key does not match `key_pem`.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        let der = first_cert_der(cert_pem)?;
-        let cert = parse_x509(&der)?;
+    /// Loads a CA: `key_pem` and, among the certificates in `certs_pem` (one root, or a trust
+    /// bundle holding several), the one whose public key it is. Refuses a certificate that is
+    /// not a CA, whose O is not a cluster id, or a key that matches none of them.
+    pub fn from_pem(certs_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let ders = certs_from_pem(certs_pem)?;
+        let der = ders
+            .iter()
+            .find(|der| {
+                parse_x509(der).is_ok_and(|cert| {
+                    cert.public_key().raw == key.subject_public_key_info().as_slice()
+                })
+            })
+            .ok_or(PkiError::KeyMismatch)?;
+        let cert = parse_x509(der)?;
         if !cert.is_ca() {
             return Err(PkiError::NotACa);
         }
@@ -82,28 +105,76 @@ impl ClusterCa {
             .transpose()?
             .unwrap_or_default();
         let cluster_id = parse_cluster_id(organization)?;
-        let key = KeyPair::from_pem(key_pem)?;
-        if key.subject_public_key_info() != cert.public_key().raw {
-            return Err(PkiError::KeyMismatch);
-        }
-        let issuer = Issuer::from_ca_cert_der(&der, key)?;
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .map(|cn| cn.as_str())
+            .transpose()?
+            .unwrap_or_default()
+            .to_string();
+        let issuer = Issuer::from_ca_cert_der(der, key)?;
         Ok(ClusterCa {
             cluster_id,
-            cert_pem: cert_pem.to_string(),
+            cert_pem: der_to_pem(der),
             key_pem: key_pem.to_string(),
+            chain_pem: String::new(),
+            common_name,
             issuer,
         })
+    }
+
+    /// This CA handing out `chain_pem` (PEM certificates, possibly none) after every leaf.
+    pub fn with_chain(mut self, chain_pem: &str) -> Self {
+        self.chain_pem = chain_pem.to_string();
+        self
+    }
+
+    /// A successor root for a rotation to `generation` (2, 3, ...): a new key, a self-signed
+    /// root "Bulwark Root CA <generation>" of the same cluster, and that root cross-signed by
+    /// this one, valid no longer than this root.
+    pub fn successor(&self, generation: u32) -> Result<Successor, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let common_name = format!("{CA_COMMON_NAME} {generation}");
+        let now = OffsetDateTime::now_utc();
+        let root =
+            root_params(&common_name, self.cluster_id, now + CA_VALIDITY).self_signed(&key)?;
+        let old_not_after = parse_x509(&first_cert_der(&self.cert_pem)?)?
+            .validity()
+            .not_after
+            .to_datetime();
+        let mut cross = root_params(
+            &common_name,
+            self.cluster_id,
+            (now + CA_VALIDITY).min(old_not_after),
+        );
+        cross.use_authority_key_identifier_extension = true;
+        let cross_pem = cross.signed_by(&key, &self.issuer)?.pem();
+        let ca = Self::from_pem(&root.pem(), &key.serialize_pem())?.with_chain(&cross_pem);
+        Ok(Successor { ca, cross_pem })
+    }
+
+    /// The root's CN, which names its generation.
+    pub fn common_name(&self) -> &str {
+        &self.common_name
+    }
+
+    /// What follows every leaf this CA issues (see [`ClusterCa::with_chain`]).
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
     }
 
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
     }
 
+    /// This root's certificate alone.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
-    /// The CA private key. Only `init` writes it (0600, on the manager); it is never sent.
+    /// The CA private key: in every member's data directory (0600), sent only to a joining
+    /// member over the pinned join exchange, and sealed under the old key in a rotation.
     pub fn key_pem(&self) -> &str {
         &self.key_pem
     }
@@ -152,7 +223,7 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.subject_alt_names = member_sans(hosts)?;
-        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+        Ok(self.with_chain_appended(params.signed_by(&request.public_key, &self.issuer)?.pem()))
     }
 
     /// Signs a client identity for the public key in `csr_pem`: CN = `name`, OU =
@@ -167,7 +238,18 @@ impl ClusterCa {
         let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = self.leaf_params(name, CLIENT_OU, ttl)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+        Ok(self.with_chain_appended(params.signed_by(&request.public_key, &self.issuer)?.pem()))
+    }
+
+    /// A leaf as it is handed out: followed by this CA's chain, if it has one.
+    fn with_chain_appended(&self, mut leaf_pem: String) -> String {
+        if !self.chain_pem.is_empty() {
+            if !leaf_pem.ends_with('\n') {
+                leaf_pem.push('\n');
+            }
+            leaf_pem.push_str(&self.chain_pem);
+        }
+        leaf_pem
     }
 
     /// Parameters shared by every end-entity certificate; the caller adds EKUs and SANs.
@@ -201,10 +283,23 @@ impl ClusterCa {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertifiedKey {
-            cert_pem: cert.pem(),
+            cert_pem: self.with_chain_appended(cert.pem()),
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A root's parameters: CA without a path length limit, keyCertSign and cRLSign, valid from
+/// [`CLOCK_SKEW`] ago until `not_after`.
+fn root_params(common_name: &str, cluster_id: u64, not_after: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name, None, cluster_id);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(random_serial());
+    params.not_before = OffsetDateTime::now_utc() - CLOCK_SKEW;
+    params.not_after = not_after;
+    params
 }
 
 fn distinguished_name(common_name: &str, unit: Option<&str>, cluster_id: u64) -> DistinguishedName {
@@ -292,7 +387,7 @@ mod tests {
             key_pem: key,
         };
         crate::pki::server_tls_config(
-            ca.cert_pem(),
+            &crate::pki::LiveTrust::new(ca.cert_pem()).unwrap(),
             &crate::pki::LiveIdentity::new(&pair).unwrap(),
         )
         .unwrap();

@@ -29,6 +29,79 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     written
 }
 
+/// Replaces `path` with `contents` atomically: written beside it (0600 when `private`, else
+/// 0644), fsynced, renamed over it, directory fsynced.
+pub fn replace_file(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
+    let temporary = pending(path);
+    write_pending(&temporary, contents, private)?;
+    std::fs::rename(&temporary, path)?;
+    sync_parent(path)
+}
+
+/// Replaces a certificate and its private key so that a crash at any point leaves a matching
+/// pair once [`finish_interrupted_replace`] has run: both new files are written and made durable
+/// beside their targets first, then the key is renamed into place, then the certificate.
+pub fn replace_key_pair(
+    key_path: &Path,
+    key_pem: &str,
+    cert_path: &Path,
+    cert_pem: &str,
+) -> io::Result<()> {
+    write_pending(&pending(key_path), key_pem.as_bytes(), true)?;
+    write_pending(&pending(cert_path), cert_pem.as_bytes(), false)?;
+    sync_parent(cert_path)?;
+    std::fs::rename(pending(key_path), key_path)?;
+    std::fs::rename(pending(cert_path), cert_path)?;
+    sync_parent(cert_path)
+}
+
+/// Completes or undoes a [`replace_key_pair`] a crash interrupted. A pending certificate without
+/// a pending key means the new key is already in place, so the certificate follows it; both
+/// pending means nothing was renamed yet (and they may be incomplete), so both go.
+pub fn finish_interrupted_replace(key_path: &Path, cert_path: &Path) -> io::Result<()> {
+    let (key_pending, cert_pending) = (pending(key_path), pending(cert_path));
+    if cert_pending.exists() && !key_pending.exists() {
+        std::fs::rename(&cert_pending, cert_path)?;
+    } else {
+        for leftover in [key_pending, cert_pending] {
+            match std::fs::remove_file(&leftover) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    sync_parent(cert_path)
+}
+
+/// Where the new version of `path` is written before it replaces it.
+fn pending(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".pending");
+    path.with_file_name(name)
+}
+
+fn write_pending(temporary: &Path, contents: &[u8], private: bool) -> io::Result<()> {
+    match std::fs::remove_file(temporary) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if private {
+        write_private_file(temporary, contents)
+    } else {
+        let mut file = std::fs::File::create_new(temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    }
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
@@ -54,5 +127,34 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"secret");
 
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_key_pair_replacement_ends_with_a_matching_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("c.key"), dir.path().join("c.crt"));
+        std::fs::write(&key, "old key").unwrap();
+        std::fs::write(&cert, "old cert").unwrap();
+        replace_key_pair(&key, "new key", &cert, "new cert").unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "new key");
+        assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new cert");
+
+        // Crash after the key was renamed: the certificate follows.
+        std::fs::write(&key, "newer key").unwrap();
+        std::fs::write(pending(&cert), "newer cert").unwrap();
+        finish_interrupted_replace(&key, &cert).unwrap();
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "newer cert");
+
+        // Crash before any rename: the old pair stays, the leftovers go.
+        std::fs::write(pending(&key), "partial").unwrap();
+        std::fs::write(pending(&cert), "partial").unwrap();
+        finish_interrupted_replace(&key, &cert).unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "newer key");
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "newer cert");
+        assert!(!pending(&key).exists() && !pending(&cert).exists());
+
+        replace_file(&cert, b"replaced", false).unwrap();
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "replaced");
     }
 }

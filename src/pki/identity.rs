@@ -27,6 +27,9 @@ pub struct PeerIdentity {
     pub serial_hex: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The CN of the root that signed it, which names that root's generation ("Bulwark Root
+    /// CA", "Bulwark Root CA 2", ...): whether a holder has moved to a rotated root.
+    pub issuer: String,
 }
 
 /// Reads who a verified peer certificate (DER) names. A subject without exactly one CN is
@@ -50,6 +53,13 @@ pub fn identity_of(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
         [CLIENT_OU] => Role::Client,
         _ => Role::Unknown,
     };
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
     Ok(PeerIdentity {
         common_name: common_name.to_string(),
         role,
@@ -60,6 +70,7 @@ pub fn identity_of(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
             .collect(),
         not_before: cert.validity().not_before.to_datetime().into(),
         not_after: cert.validity().not_after.to_datetime().into(),
+        issuer,
     })
 }
 

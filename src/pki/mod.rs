@@ -2,13 +2,15 @@
 //! configurations every Bulwark socket uses, and reading who a verified peer certificate names.
 //!
 //! Layout:
-//! - `ca.rs`: [`ClusterCa`], generating or loading the root and issuing member and client
-//!   certificates.
+//! - `ca.rs`: [`ClusterCa`], generating or loading the root, issuing member and client
+//!   certificates, and making a cross-signed successor root for a rotation.
+//! - `authority.rs`: [`Authority`], the issuing CA and trusted roots of a running member.
 //! - `identity.rs`: [`identity_of`], the [`PeerIdentity`] (CN, role, serial, expiry) a verified
 //!   certificate names.
-//! - `tls.rs`: [`server_tls_config`] and [`client_tls_config`].
+//! - `tls.rs`: [`server_tls_config`] and [`client_tls_config`], over a replaceable [`LiveTrust`].
 //! - `pem.rs`: reading certificates and keys out of PEM ([`first_cert_der`]).
 //! - `files.rs`: [`write_private_file`] for key material.
+//! - `seal.rs`: sealing a rotated CA key under the old one, for the replicated log.
 //!
 //! Invariants:
 //! - A private key never leaves the member that generated it. The one exception is the admin
@@ -21,10 +23,12 @@
 //! - Roles come from the subject OU ([`MEMBER_OU`], [`CLIENT_OU`]), which only the CA writes; the
 //!   CN is the member name or, as in etcd's client-cert-auth, the user name.
 
+mod authority;
 mod ca;
 mod files;
 mod identity;
 mod pem;
+pub mod seal;
 mod tls;
 mod token;
 
@@ -34,13 +38,14 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-pub use ca::{certificate_request, ClusterCa, CLOCK_SKEW};
-pub use files::write_private_file;
+pub use authority::Authority;
+pub use ca::{certificate_request, ClusterCa, Successor, CLOCK_SKEW};
+pub use files::{finish_interrupted_replace, replace_file, replace_key_pair, write_private_file};
 pub use identity::{identity_of, PeerIdentity, Role};
-pub use pem::{certs_from_pem, first_cert_der};
+pub use pem::{certs_from_pem, der_to_pem, first_cert_der};
 pub use tls::{
     anonymous_client_tls_config, client_tls_config, peer_server_tls_config, server_tls_config,
-    unverified_client_tls_config, LiveIdentity,
+    unverified_client_tls_config, LiveIdentity, LiveTrust,
 };
 pub use token::{ca_digest, der_digest, JoinToken};
 
@@ -97,4 +102,6 @@ pub enum PkiError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("not a join token: expected BWTKN-1-<CA digest>-<secret>")]
     BadToken,
+    #[error("cannot open a sealed CA key: it was sealed under another CA key, or is damaged")]
+    Sealed,
 }

@@ -22,6 +22,19 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiErro
     Ok(certs)
 }
 
+/// One certificate as PEM text (64-column base64, LF line ends, a final newline).
+pub fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 /// The first private key in `pem` (PKCS#8, SEC1 or PKCS#1).
 pub(super) fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     Ok(PrivateKeyDer::from_pem_slice(pem.as_bytes())?)
@@ -50,5 +63,12 @@ mod tests {
             Err(PkiError::NoCertificate)
         ));
         assert!(key_from_pem("no pem here").is_err());
+    }
+
+    #[test]
+    fn der_to_pem_round_trips() {
+        let ca = crate::pki::ClusterCa::generate(1).unwrap();
+        let der = first_cert_der(ca.cert_pem()).unwrap();
+        assert_eq!(first_cert_der(&der_to_pem(&der)).unwrap(), der);
     }
 }

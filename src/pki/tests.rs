@@ -16,6 +16,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::*;
 
+fn trust(roots_pem: &str) -> Arc<LiveTrust> {
+    LiveTrust::new(roots_pem).unwrap()
+}
+
 const LIMIT: Duration = Duration::from_secs(10);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -78,7 +82,7 @@ fn cluster() -> (ClusterCa, Arc<ServerConfig>) {
     let ca = ClusterCa::generate(0x5eed).unwrap();
     let member = ca.issue_member("m1", &[], 90 * DAY).unwrap();
     let server = server_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&member).unwrap(),
     )
     .unwrap();
@@ -90,7 +94,7 @@ async fn client_with_a_certificate_from_the_ca_is_accepted_and_identified() {
     let (ca, server) = cluster();
     let alice = ca.issue_client("alice", DAY).unwrap();
     let client = client_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&alice).unwrap(),
     )
     .unwrap();
@@ -106,8 +110,11 @@ async fn client_with_a_certificate_from_the_ca_is_accepted_and_identified() {
 async fn member_certificate_authenticates_as_a_peer() {
     let (ca, server) = cluster();
     let m2 = ca.issue_member("m2", &[], DAY).unwrap();
-    let client =
-        client_tls_config(ca.cert_pem(), &crate::pki::LiveIdentity::new(&m2).unwrap()).unwrap();
+    let client = client_tls_config(
+        &trust(ca.cert_pem()),
+        &crate::pki::LiveIdentity::new(&m2).unwrap(),
+    )
+    .unwrap();
 
     let identity = connect(server, client, "localhost").await.server.unwrap();
     assert_eq!(
@@ -145,7 +152,7 @@ async fn client_with_a_certificate_from_another_ca_is_refused() {
         let mallory = stranger_ca.issue_client("alice", DAY).unwrap();
         // Mallory trusts our CA, so only our server's check can stop her.
         let client = client_tls_config(
-            ca.cert_pem(),
+            &trust(ca.cert_pem()),
             &crate::pki::LiveIdentity::new(&mallory).unwrap(),
         )
         .unwrap();
@@ -164,7 +171,7 @@ async fn expired_client_certificate_is_refused() {
     // X.509 times have one-second resolution; make sure "now" is past not_after.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let client = client_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&expired).unwrap(),
     )
     .unwrap();
@@ -180,7 +187,7 @@ async fn member_certificate_verifies_for_localhost_and_loopback_ips() {
     let (ca, server) = cluster();
     let alice = ca.issue_client("alice", DAY).unwrap();
     let client = client_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&alice).unwrap(),
     )
     .unwrap();
@@ -201,13 +208,13 @@ async fn member_certificate_verifies_for_its_configured_hosts() {
     let hosts = ["db1.example.com".to_string(), "127.0.0.2".to_string()];
     let member = ca.issue_member("m1", &hosts, DAY).unwrap();
     let server = server_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&member).unwrap(),
     )
     .unwrap();
     let alice = ca.issue_client("alice", DAY).unwrap();
     let client = client_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&alice).unwrap(),
     )
     .unwrap();
@@ -224,12 +231,15 @@ async fn client_identity_cannot_serve() {
     let alice = ca.issue_client("alice", DAY).unwrap();
     let bob = ca.issue_client("bob", DAY).unwrap();
     let impostor = server_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&alice).unwrap(),
     )
     .unwrap();
-    let client =
-        client_tls_config(ca.cert_pem(), &crate::pki::LiveIdentity::new(&bob).unwrap()).unwrap();
+    let client = client_tls_config(
+        &trust(ca.cert_pem()),
+        &crate::pki::LiveIdentity::new(&bob).unwrap(),
+    )
+    .unwrap();
 
     let refusal = connect(impostor, client, "localhost")
         .await
@@ -247,7 +257,7 @@ async fn a_reloaded_ca_issues_certificates_the_original_trusts() {
     let reloaded = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
     let alice = reloaded.issue_client("alice", DAY).unwrap();
     let client = client_tls_config(
-        ca.cert_pem(),
+        &trust(ca.cert_pem()),
         &crate::pki::LiveIdentity::new(&alice).unwrap(),
     )
     .unwrap();
@@ -303,4 +313,147 @@ async fn tls12_clients_are_held_to_the_same_rule() {
     let without = connect(server, Arc::new(tls12().with_no_client_auth()), "localhost").await;
     assert!(without.server.is_err());
     assert!(without.client.is_err());
+}
+
+/// A rotation in miniature: certificates from the new root travel with its cross-signed copy, so
+/// every combination of old and new trust and old and new certificates works while both roots are
+/// trusted, and only new certificates once the old root is retired.
+#[tokio::test]
+async fn cross_signed_successor_is_trusted_by_old_and_new_roots() {
+    let old = ClusterCa::generate(0x5eed).unwrap();
+    let successor = old.successor(2).unwrap();
+    let new = &successor.ca;
+    assert_eq!(new.common_name(), "Bulwark Root CA 2");
+    assert_eq!(new.cluster_id(), old.cluster_id());
+    let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+    let old_member = old.issue_member("m1", &[], DAY).unwrap();
+    let new_member = new.issue_member("m1", &[], DAY).unwrap();
+    assert_eq!(certs_from_pem(&new_member.cert_pem).unwrap().len(), 2);
+    let old_client = old.issue_client("alice", DAY).unwrap();
+    let new_client = new.issue_client("alice", DAY).unwrap();
+    let identity = identity_of(&first_cert_der(&new_client.cert_pem).unwrap()).unwrap();
+    assert_eq!(identity.issuer, "Bulwark Root CA 2");
+
+    let server = |roots: &str, member: &CertifiedKey| {
+        server_tls_config(&trust(roots), &LiveIdentity::new(member).unwrap()).unwrap()
+    };
+    let client = |roots: &str, identity: &CertifiedKey| {
+        client_tls_config(&trust(roots), &LiveIdentity::new(identity).unwrap()).unwrap()
+    };
+    // (server trusts, server presents, client trusts, client presents, accepted)
+    let cases = [
+        (
+            old.cert_pem(),
+            &new_member,
+            old.cert_pem(),
+            &new_client,
+            true,
+        ),
+        (
+            old.cert_pem(),
+            &old_member,
+            old.cert_pem(),
+            &new_client,
+            true,
+        ),
+        (
+            both.as_str(),
+            &new_member,
+            old.cert_pem(),
+            &old_client,
+            true,
+        ),
+        (
+            both.as_str(),
+            &old_member,
+            new.cert_pem(),
+            &new_client,
+            false,
+        ),
+        (both.as_str(), &new_member, both.as_str(), &old_client, true),
+        (
+            new.cert_pem(),
+            &new_member,
+            new.cert_pem(),
+            &new_client,
+            true,
+        ),
+        (
+            new.cert_pem(),
+            &new_member,
+            old.cert_pem(),
+            &new_client,
+            true,
+        ),
+        (
+            new.cert_pem(),
+            &new_member,
+            both.as_str(),
+            &old_client,
+            false,
+        ),
+    ];
+    for (number, (server_trusts, presents, client_trusts, client_presents, accepted)) in
+        cases.into_iter().enumerate()
+    {
+        let outcome = connect(
+            server(server_trusts, presents),
+            client(client_trusts, client_presents),
+            "localhost",
+        )
+        .await;
+        assert_eq!(
+            outcome.server.is_ok() && outcome.client.is_ok(),
+            accepted,
+            "case {number}: server {:?}, client {:?}",
+            outcome.server,
+            outcome.client
+        );
+    }
+}
+
+#[tokio::test]
+async fn replacing_the_trusted_roots_applies_to_the_next_handshake() {
+    let old = ClusterCa::generate(0x5eed).unwrap();
+    let new = old.successor(2).unwrap().ca;
+    let trusted = trust(&format!("{}{}", old.cert_pem(), new.cert_pem()));
+    let member = new.issue_member("m1", &[], DAY).unwrap();
+    let server = server_tls_config(&trusted, &LiveIdentity::new(&member).unwrap()).unwrap();
+    let alice = old.issue_client("alice", DAY).unwrap();
+    let alice_chain = certs_from_pem(&alice.cert_pem).unwrap();
+    let client =
+        client_tls_config(&trust(old.cert_pem()), &LiveIdentity::new(&alice).unwrap()).unwrap();
+    assert!(trusted.accepts_client(&alice_chain));
+    assert!(connect(server.clone(), client.clone(), "localhost")
+        .await
+        .server
+        .is_ok());
+
+    let epoch = trusted.epoch();
+    trusted.replace(new.cert_pem()).unwrap();
+    assert_ne!(trusted.epoch(), epoch);
+    assert!(!trusted.accepts_client(&alice_chain));
+    let outcome = connect(server, client, "localhost").await;
+    let refusal = outcome.server.unwrap_err();
+    assert!(
+        refusal.contains("UnknownIssuer") || refusal.contains("BadSignature"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn a_ca_loads_from_a_bundle_by_its_key() {
+    let old = ClusterCa::generate(3).unwrap();
+    let new = old.successor(2).unwrap().ca;
+    let bundle = format!("{}{}", old.cert_pem(), new.cert_pem());
+    let loaded = ClusterCa::from_pem(&bundle, new.key_pem()).unwrap();
+    assert_eq!(loaded.cert_pem(), new.cert_pem());
+    assert_eq!(loaded.common_name(), "Bulwark Root CA 2");
+    let loaded = ClusterCa::from_pem(&bundle, old.key_pem()).unwrap();
+    assert_eq!(loaded.cert_pem(), old.cert_pem());
+    let stranger = ClusterCa::generate(3).unwrap();
+    assert!(matches!(
+        ClusterCa::from_pem(&bundle, stranger.key_pem()),
+        Err(PkiError::KeyMismatch)
+    ));
 }

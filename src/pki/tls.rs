@@ -1,16 +1,25 @@
 //! rustls configurations for every Bulwark socket: mutual TLS against the cluster CA, ring
 //! provider passed explicitly, TLS 1.3 and 1.2, ALPN "h2" (gRPC).
 //!
-//! `ca_cert_pem` may hold several certificates; all are trusted. That is how a CA rotation keeps
-//! old and new identities working side by side.
+//! What is trusted is a [`LiveTrust`]: a bundle of roots that may hold several certificates (all
+//! trusted; that is how a CA rotation keeps old and new identities working side by side) and that
+//! can be replaced while serving: every configuration built from it verifies each new handshake
+//! against the bundle current at that moment.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedProtocolVersion,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::pem::{certs_from_pem, key_from_pem};
 use super::{CertifiedKey, PkiError};
@@ -78,13 +87,216 @@ impl ResolvesClientCert for LiveIdentity {
     }
 }
 
+/// The roots this member trusts, replaceable while it serves (a CA rotation adds the new root,
+/// then retires the old one). Configurations built from it check every new handshake against
+/// the roots current at that moment; [`LiveTrust::epoch`] tells open connections' holders when
+/// to check those again.
+pub struct LiveTrust {
+    current: RwLock<Arc<Verifiers>>,
+    epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for LiveTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTrust")
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+/// webpki's verifiers for one bundle of roots.
+struct Verifiers {
+    roots_pem: String,
+    client_required: Arc<dyn ClientCertVerifier>,
+    client_optional: Arc<dyn ClientCertVerifier>,
+    server: Arc<WebPkiServerVerifier>,
+}
+
+impl Verifiers {
+    fn build(roots_pem: &str) -> Result<Self, PkiError> {
+        let provider = provider();
+        let roots = roots(roots_pem)?;
+        let client =
+            || WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        Ok(Verifiers {
+            roots_pem: roots_pem.to_string(),
+            client_required: client().build()?,
+            client_optional: client().allow_unauthenticated().build()?,
+            server: WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?,
+        })
+    }
+}
+
+impl LiveTrust {
+    /// Trusts every certificate in `roots_pem`.
+    pub fn new(roots_pem: &str) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(LiveTrust {
+            current: RwLock::new(Arc::new(Verifiers::build(roots_pem)?)),
+            epoch: AtomicU64::new(0),
+        }))
+    }
+
+    /// Trusts exactly the certificates in `roots_pem` from the next handshake on.
+    pub fn replace(&self, roots_pem: &str) -> Result<(), PkiError> {
+        let verifiers = Arc::new(Verifiers::build(roots_pem)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifiers;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The trusted roots, PEM.
+    pub fn roots_pem(&self) -> String {
+        self.verifiers().roots_pem.clone()
+    }
+
+    /// Changes each time the roots are replaced.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether a client presenting `chain` (leaf first) would be accepted now.
+    pub fn accepts_client(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verifiers()
+            .client_required
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
+    }
+
+    fn verifiers(&self) -> Arc<Verifiers> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Verifies client certificates against a [`LiveTrust`]'s current roots.
+#[derive(Debug)]
+struct LiveClientVerifier {
+    trust: Arc<LiveTrust>,
+    allow_anonymous: bool,
+}
+
+impl LiveClientVerifier {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        let verifiers = self.trust.verifiers();
+        if self.allow_anonymous {
+            verifiers.client_optional.clone()
+        } else {
+            verifiers.client_required.clone()
+        }
+    }
+}
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        !self.allow_anonymous
+    }
+
+    /// No hints: with several roots during a rotation, a client should present the one
+    /// certificate it has rather than pick by issuer (Go's client falls back to it anyway).
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// Verifies server certificates (chain and name) against a [`LiveTrust`]'s current roots.
+#[derive(Debug)]
+struct LiveServerVerifier {
+    trust: Arc<LiveTrust>,
+}
+
+impl ServerCertVerifier for LiveServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.trust.verifiers().server.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .verifiers()
+            .server
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .verifiers()
+            .server
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trust.verifiers().server.supported_verify_schemes()
+    }
+}
+
 /// The server side of the client port: presents `identity`, and requires
-/// every client to present a certificate chaining to `ca_cert_pem` with the clientAuth usage.
+/// every client to present a certificate chaining to a root of `trust` with the clientAuth usage.
 pub fn server_tls_config(
-    ca_cert_pem: &str,
+    trust: &Arc<LiveTrust>,
     identity: &Arc<LiveIdentity>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    server_config(ca_cert_pem, identity, false)
+    server_config(trust, identity, false)
 }
 
 /// The peer port's server side: like [`server_tls_config`], but a client may also connect
@@ -92,33 +304,33 @@ pub fn server_tls_config(
 /// every Raft call checks for a member certificate itself. A certificate that *is* presented must
 /// still chain to the cluster CA.
 pub fn peer_server_tls_config(
-    ca_cert_pem: &str,
+    trust: &Arc<LiveTrust>,
     identity: &Arc<LiveIdentity>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    server_config(ca_cert_pem, identity, true)
+    server_config(trust, identity, true)
 }
 
-/// A server config presenting `identity` and verifying client certificates against
-/// `ca_cert_pem`; `allow_anonymous` also lets clients without a certificate finish the handshake.
+/// A server config presenting `identity` and verifying client certificates against `trust`;
+/// `allow_anonymous` also lets clients without a certificate finish the handshake.
 fn server_config(
-    ca_cert_pem: &str,
+    trust: &Arc<LiveTrust>,
     identity: &Arc<LiveIdentity>,
     allow_anonymous: bool,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca_cert_pem)?, provider.clone());
-    // The builder requires a client certificate unless told otherwise.
-    let verifier = if allow_anonymous {
-        verifier.allow_unauthenticated().build()?
-    } else {
-        verifier.build()?
-    };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let verifier = Arc::new(LiveClientVerifier {
+        trust: trust.clone(),
+        allow_anonymous,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No session resumption: a resumed session skips the client certificate check, so a client
+    // whose root was retired could come back on an old ticket. Connections are long-lived gRPC
+    // channels; a full handshake each time costs nothing that matters.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -199,15 +411,19 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
     }
 }
 
-/// The client side: trusts only `ca_cert_pem` (no system roots), checks the server's name
+/// The client side: trusts only the roots of `trust` (no system roots), checks the server's name
 /// against its SANs, and presents `identity`.
 pub fn client_tls_config(
-    ca_cert_pem: &str,
+    trust: &Arc<LiveTrust>,
     identity: &Arc<LiveIdentity>,
 ) -> Result<Arc<ClientConfig>, PkiError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_root_certificates(roots(ca_cert_pem)?)
+        .dangerous()
+        // Not a weaker check: webpki's own server verifier, over roots that can change.
+        .with_custom_certificate_verifier(Arc::new(LiveServerVerifier {
+            trust: trust.clone(),
+        }))
         .with_client_cert_resolver(identity.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))

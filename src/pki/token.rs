@@ -7,7 +7,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use super::pem::first_cert_der;
+use super::pem::{certs_from_pem, der_to_pem, first_cert_der};
 use super::PkiError;
 
 const PREFIX: &str = "BWTKN-1-";
@@ -64,9 +64,18 @@ impl JoinToken {
         })
     }
 
-    /// Whether `ca_cert_pem` is the CA this token pins.
-    pub fn pins(&self, ca_cert_pem: &str) -> bool {
-        ca_digest(ca_cert_pem).is_ok_and(|digest| digest == self.ca_digest)
+    /// Whether the roots in `roots_pem` include the one this token pins.
+    pub fn pins(&self, roots_pem: &str) -> bool {
+        self.pinned_root(roots_pem).is_some()
+    }
+
+    /// The root this token pins, picked out of `roots_pem` (PEM), if it is there.
+    pub fn pinned_root(&self, roots_pem: &str) -> Option<String> {
+        certs_from_pem(roots_pem)
+            .ok()?
+            .into_iter()
+            .find(|der| der_digest(der) == self.ca_digest)
+            .map(|der| der_to_pem(&der))
     }
 
     /// Compares secrets in constant time, so timing reveals nothing about the right one.
@@ -107,6 +116,10 @@ mod tests {
         assert_eq!(parsed, token);
         assert!(parsed.pins(ca.cert_pem()));
         assert!(!parsed.pins(other.cert_pem()));
+        let bundle = format!("{}{}", other.cert_pem(), ca.cert_pem());
+        assert!(parsed.pins(&bundle));
+        assert_eq!(parsed.pinned_root(&bundle).as_deref(), Some(ca.cert_pem()));
+        assert_eq!(parsed.pinned_root(other.cert_pem()), None);
         assert!(token.secret_matches(&parsed.secret));
         assert!(!token.secret_matches("guess"));
         assert!(!format!("{token:?}").contains(&token.secret));

@@ -61,9 +61,12 @@ pub struct PeerTls {
 }
 
 impl PeerTls {
-    pub fn new(ca_cert_pem: &str, identity: &Arc<pki::LiveIdentity>) -> Result<Self, PkiError> {
+    pub fn new(
+        trust: &Arc<pki::LiveTrust>,
+        identity: &Arc<pki::LiveIdentity>,
+    ) -> Result<Self, PkiError> {
         Ok(PeerTls {
-            tls: pki::client_tls_config(ca_cert_pem, identity)?,
+            tls: pki::client_tls_config(trust, identity)?,
             channels: Arc::default(),
         })
     }

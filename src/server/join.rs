@@ -21,7 +21,7 @@ use super::datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 use super::{host_of, random_id, write_private, write_public, ServerError, ADMIN_NAME};
 use crate::identities::{self, IssuedCertificate};
 use crate::mvcc::Store;
-use crate::pki::{self, ClusterCa, JoinToken};
+use crate::pki::{self, Authority, JoinToken};
 use crate::proto::bulwarkpb::join_client::JoinClient;
 use crate::proto::bulwarkpb::join_server::Join;
 use crate::proto::bulwarkpb::{
@@ -37,7 +37,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct JoinService {
     pub consensus: Arc<Consensus>,
     pub store: Arc<Store>,
-    pub ca: Arc<ClusterCa>,
+    pub ca: Arc<Authority>,
 }
 
 #[tonic::async_trait]
@@ -46,8 +46,10 @@ impl Join for JoinService {
         &self,
         _request: Request<FetchCaRequest>,
     ) -> Result<Response<FetchCaResponse>, Status> {
+        // Every trusted root: during a CA rotation, tokens pin the old one and the joiner picks
+        // it out (`fetch_pinned_ca`).
         Ok(Response::new(FetchCaResponse {
-            ca_cert_pem: self.ca.cert_pem().to_string(),
+            ca_cert_pem: self.ca.roots_pem(),
         }))
     }
 
@@ -66,7 +68,7 @@ impl Join for JoinService {
         }
         let client_cert_pem = identities::issue_client(
             &self.consensus,
-            &self.ca,
+            &self.ca.issuer(),
             &request.name,
             &request.csr_pem,
             identities::CLIENT_CERT_TTL,
@@ -74,7 +76,7 @@ impl Join for JoinService {
         .await?;
         Ok(Response::new(LoginResponse {
             client_cert_pem,
-            ca_cert_pem: self.ca.cert_pem().to_string(),
+            ca_cert_pem: self.ca.roots_pem(),
             client_urls: self.consensus.client_urls(),
         }))
     }
@@ -102,8 +104,8 @@ impl Join for JoinService {
         ];
         let ttl = identities::member_cert_ttl(&self.store)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let member_cert_pem = self
-            .ca
+        let issuer = self.ca.issuer();
+        let member_cert_pem = issuer
             .sign_member_csr(&request.csr_pem, &request.name, &hosts, ttl)
             .map_err(|e| Status::invalid_argument(format!("certificate request refused: {e}")))?;
         let mut issued = IssuedCertificate::of_pem(&member_cert_pem)
@@ -151,10 +153,10 @@ impl Join for JoinService {
         Ok(Response::new(JoinResponse {
             leader_peer_addr: String::new(),
             member_id,
-            cluster_id: self.ca.cluster_id(),
+            cluster_id: issuer.cluster_id(),
             member_cert_pem,
-            ca_cert_pem: self.ca.cert_pem().to_string(),
-            ca_key_pem: self.ca.key_pem().to_string(),
+            ca_cert_pem: self.ca.roots_pem(),
+            ca_key_pem: issuer.key_pem().to_string(),
         }))
     }
 }
@@ -193,8 +195,8 @@ pub enum JoinError {
     Local(#[from] ServerError),
 }
 
-/// Fetches the cluster CA certificate from `peer` over a connection that trusts nothing yet,
-/// and accepts it only if it is the CA `token` pins (the digest in the token).
+/// Fetches the cluster's roots from `peer` over a connection that trusts nothing yet, and keeps
+/// only the one `token` pins (the digest in the token); nothing else it sent is trusted.
 pub async fn fetch_pinned_ca(peer: &str, token: &JoinToken) -> Result<String, JoinError> {
     let unreachable = |e: Status| JoinError::Unreachable(peer.to_string(), e.message().to_string());
     let mut anonymous = JoinClient::new(tls_channel(peer, pki::unverified_client_tls_config()));
@@ -204,10 +206,9 @@ pub async fn fetch_pinned_ca(peer: &str, token: &JoinToken) -> Result<String, Jo
         .map_err(unreachable)?
         .into_inner()
         .ca_cert_pem;
-    if !token.pins(&ca_cert_pem) {
-        return Err(JoinError::CaMismatch(peer.to_string()));
-    }
-    Ok(ca_cert_pem)
+    token
+        .pinned_root(&ca_cert_pem)
+        .ok_or_else(|| JoinError::CaMismatch(peer.to_string()))
 }
 
 /// A client identity obtained with `login`.

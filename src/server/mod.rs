@@ -63,6 +63,8 @@ pub enum ServerError {
     Log(#[from] redb::Error),
     #[error("consensus: {0}")]
     Consensus(#[from] ProposeError),
+    #[error(transparent)]
+    Rotation(#[from] identities::rotation::RotationError),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -186,7 +188,13 @@ fn create_cluster(
 pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError> {
     let data = DataDir::new(dir);
     let config = data.read_config()?;
-    let ca_cert = read(&data.ca_cert())?;
+    for (key, cert) in [
+        (data.member_key(), data.member_cert()),
+        (data.admin_key(), data.admin_cert()),
+    ] {
+        pki::finish_interrupted_replace(&key, &cert).map_err(|e| ServerError::io(&cert, e))?;
+    }
+    let roots_pem = read(&data.ca_cert())?;
     let identity = CertifiedKey {
         cert_pem: read(&data.member_cert())?,
         key_pem: read(&data.member_key())?,
@@ -196,14 +204,18 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         return Err(ServerError::CertificateExpired(data.member_cert()));
     }
     let live_identity = pki::LiveIdentity::new(&identity)?;
-    let tls = pki::server_tls_config(&ca_cert, &live_identity)?;
-    let peer_tls_server = pki::peer_server_tls_config(&ca_cert, &live_identity)?;
-    let ca = Arc::new(ClusterCa::from_pem(&ca_cert, &read(&data.ca_key())?)?);
+    // The issuing CA is the root in ca.crt that matches ca.key (see `renewal`).
+    let authority = pki::Authority::new(
+        ClusterCa::from_pem(&roots_pem, &read(&data.ca_key())?)?,
+        &roots_pem,
+    )?;
+    let tls = pki::server_tls_config(authority.trust(), &live_identity)?;
+    let peer_tls_server = pki::peer_server_tls_config(authority.trust(), &live_identity)?;
 
     create_private_dir(&data.raft())?;
     let store = Arc::new(Store::open(&data.mvcc_db())?);
     let log = LogStore::open(&data.raft_log())?;
-    let peer_tls = PeerTls::new(&ca_cert, &live_identity)?;
+    let peer_tls = PeerTls::new(authority.trust(), &live_identity)?;
     let member_id = config.member_id()?;
     let consensus = Arc::new(
         Consensus::start(
@@ -244,7 +256,14 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         let issued_here: Vec<String> = std::iter::once(identity.cert_pem.clone())
             .chain(std::fs::read_to_string(data.admin_cert()).ok())
             .collect();
-        ensure_cluster_records(&consensus, &store, ca.cert_pem(), &issued_here, member_id).await?;
+        ensure_cluster_records(
+            &consensus,
+            &store,
+            authority.issuer().cert_pem(),
+            &issued_here,
+            member_id,
+        )
+        .await?;
     }
     let promoter = tokio::spawn(consensus.clone().promote_caught_up_learners());
     let heartbeats = tokio::spawn(consensus.clone().send_heartbeats());
@@ -256,7 +275,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
             name: config.name.clone(),
             member_id,
             hosts: config.addresses().hosts()?,
-            ca: ca.clone(),
+            authority: authority.clone(),
             identity: live_identity.clone(),
             consensus: consensus.clone(),
             store: store.clone(),
@@ -267,11 +286,15 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         consensus.clone(),
         store.clone(),
     ));
+    let rotation_supervisor = tokio::spawn(identities::rotation::supervise(
+        consensus.clone(),
+        store.clone(),
+    ));
     let context = Arc::new(ApiContext {
         store: store.clone(),
         consensus: consensus.clone(),
         lessor: lessor.clone(),
-        ca: ca.clone(),
+        ca: authority.clone(),
         member: MemberInfo {
             cluster_id: config.cluster_id()?,
             member_id,
@@ -325,7 +348,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         .add_service(JoinServer::new(join::JoinService {
             consensus: consensus.clone(),
             store: store.clone(),
-            ca,
+            ca: authority.clone(),
         }));
     let store_for_deny = store;
     let deny: Arc<dyn transport::DenyList> = Arc::new(ReplicatedDenyList(store_for_deny));
@@ -334,6 +357,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         tls,
         client_router,
         deny.clone(),
+        authority.trust().clone(),
         wait_stop(stopped.clone()),
     );
     let peers = transport::serve_tls(
@@ -341,6 +365,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         peer_tls_server,
         peer_router,
         deny,
+        authority.trust().clone(),
         wait_stop(stopped),
     );
     let signal = async {
@@ -370,6 +395,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     heartbeats.abort();
     expiry.abort();
     denial_sweeper.abort();
+    rotation_supervisor.abort();
     renewal.abort();
     consensus.shutdown().await;
     result?;

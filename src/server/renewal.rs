@@ -1,25 +1,38 @@
-//! Member certificate renewal. At a random point between 50 % and 80 % of its certificate's
-//! lifetime (random, so members renew at different moments), a member makes a new key, signs a
-//! new certificate for itself with the cluster CA (every member holds it), records it in the
-//! identity registry through consensus, writes it to its data directory, and swaps it into its
-//! TLS configurations: new handshakes present it; open connections carry on.
+//! Keeping a member's own credentials current, every [`CHECK`]:
+//!
+//! - **Renewal.** At a random point between 50 % and 80 % of its certificate's lifetime (random,
+//!   so members renew at different moments), a member makes a new key, signs a new certificate
+//!   for itself with the cluster CA (every member holds it), records it in the identity registry
+//!   through consensus, writes it to its data directory, and swaps it into its TLS
+//!   configurations: new handshakes present it; open connections carry on.
+//! - **CA rotation** ([`crate::identities::rotation`]). When the replicated rotation record asks
+//!   for another issuing CA or other trusted roots, the member writes them to its data directory
+//!   (`ca.crt` holds the trusted roots, `ca.key` the issuing key; the issuing root is the one in
+//!   `ca.crt` that matches the key), takes them into use, and renews its certificate at once if
+//!   the current one is not from the issuing root. The admin identity `init` wrote into the data
+//!   directory, if it is still there, is moved to the new root too, so the operator is never
+//!   locked out by a rotation.
 //!
 //! Invariants:
 //! - a certificate is recorded in the registry before this member presents it, so removing the
 //!   member denies it too;
-//! - the files on disk are replaced atomically (write to a temporary file, fsync, rename), key
-//!   first, so a crash leaves either the old pair or the new one in effect at the next start;
-//! - a renewal that fails (no quorum) is retried while the current certificate is still valid.
+//! - the files on disk are replaced atomically ([`pki::replace_key_pair`]), so a crash leaves
+//!   the old pair or the new one in effect at the next start (which finishes an interrupted
+//!   replacement first, [`pki::finish_interrupted_replace`]);
+//! - a renewal that fails (no quorum) is retried while the current certificate is still valid;
+//! - `ca.crt` is written before `ca.key` when the CA changes, and the CA loads from the key and
+//!   whichever root matches it, so a crash between the two leaves a CA that loads (the old one,
+//!   and the change is simply made again).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::datadir::{sync_dir, DataDir};
+use super::datadir::DataDir;
 use super::ServerError;
-use crate::identities::{self, IssuedCertificate};
+use crate::identities::{self, rotation, IssuedCertificate};
 use crate::mvcc::Store;
-use crate::pki::{self, CertifiedKey, ClusterCa, LiveIdentity};
+use crate::pki::{self, Authority, CertifiedKey, LiveIdentity};
 use crate::raft::Consensus;
 
 /// How long to wait before trying a failed renewal again.
@@ -32,14 +45,15 @@ pub struct Renewal {
     pub name: String,
     pub member_id: u64,
     pub hosts: Vec<String>,
-    pub ca: Arc<ClusterCa>,
+    pub authority: Arc<Authority>,
     pub identity: Arc<LiveIdentity>,
     pub consensus: Arc<Consensus>,
     pub store: Arc<Store>,
 }
 
 impl Renewal {
-    /// Renews this member's certificate whenever it is due; runs until aborted.
+    /// Renews this member's certificate whenever it is due, and follows CA rotations; runs until
+    /// aborted.
     pub async fn run(self) {
         // The certificate in use is read from disk once; afterwards it is the one this task
         // wrote.
@@ -52,33 +66,104 @@ impl Renewal {
                 }
             }
         };
+        let mut due = identities::renewal_time(identities::issued_at(&current), current.not_after);
+        let mut last_rotation_error = String::new();
         loop {
-            let due = identities::renewal_time(identities::issued_at(&current), current.not_after);
-            // Looked at again every CHECK: the cluster may ask for shorter lifetimes meanwhile.
-            loop {
-                let now = SystemTime::now();
-                if now >= due
-                    || self
-                        .outlives_the_configured_lifetime(&current)
-                        .unwrap_or(false)
-                {
-                    break;
+            match self.follow_rotation() {
+                Ok(()) => last_rotation_error.clear(),
+                Err(error) => {
+                    // Said once, not every CHECK.
+                    let error = error.to_string();
+                    if error != last_rotation_error {
+                        tracing::error!(%error, "CA rotation: cannot follow it");
+                        last_rotation_error = error;
+                    }
                 }
-                tokio::time::sleep(due.duration_since(now).unwrap_or_default().min(CHECK)).await;
             }
-            current = loop {
-                match self.renew().await {
-                    Ok(renewed) => {
-                        tracing::info!(serial = %renewed.serial_hex, "renewed the member certificate");
-                        break renewed;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "renewing the member certificate failed; retrying");
-                        tokio::time::sleep(RETRY).await;
-                    }
+            if let Err(error) = self.keep_admin_identity_current().await {
+                tracing::warn!(%error, "moving the admin identity in the data directory failed");
+            }
+            let now = SystemTime::now();
+            // The cluster may ask for shorter lifetimes, or rotate its CA, at any time.
+            let renew_now = now >= due
+                || current.issuer != self.authority.issuer().common_name()
+                || self
+                    .outlives_the_configured_lifetime(&current)
+                    .unwrap_or(false);
+            if !renew_now {
+                tokio::time::sleep(due.duration_since(now).unwrap_or_default().min(CHECK)).await;
+                continue;
+            }
+            match self.renew().await {
+                Ok(renewed) => {
+                    tracing::info!(serial = %renewed.serial_hex, issuer = %renewed.issuer, "renewed the member certificate");
+                    due = identities::renewal_time(
+                        identities::issued_at(&renewed),
+                        renewed.not_after,
+                    );
+                    current = renewed;
                 }
-            };
+                Err(error) => {
+                    tracing::warn!(%error, "renewing the member certificate failed; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
         }
+    }
+
+    /// Takes into use the issuing CA and trusted roots the rotation record asks for, if they
+    /// differ from the current ones: data directory first, then the live configuration.
+    fn follow_rotation(&self) -> Result<(), ServerError> {
+        let Some(rotation) = rotation::current(&self.store)? else {
+            return Ok(());
+        };
+        let issuer = self.authority.issuer();
+        let Some((new_issuer, roots)) = rotation.target(&issuer, &self.authority.roots_pem())?
+        else {
+            return Ok(());
+        };
+        replace_file(&self.data.ca_cert(), roots.as_bytes(), false)?;
+        if new_issuer.key_pem() != issuer.key_pem() {
+            replace_file(&self.data.ca_key(), new_issuer.key_pem().as_bytes(), true)?;
+        }
+        tracing::info!(
+            issuer = %new_issuer.common_name(),
+            rotating = rotation.is_rotating(),
+            "CA rotation: took the new issuing CA and trusted roots into use"
+        );
+        self.authority.replace(new_issuer, &roots)?;
+        Ok(())
+    }
+
+    /// The admin identity `init` wrote to `DATA/admin`, if it is still there: re-issued from the
+    /// issuing root when it was signed by another one (a rotation would otherwise lock the
+    /// operator out), and its `ca.crt` kept equal to the trusted roots.
+    async fn keep_admin_identity_current(&self) -> Result<(), ServerError> {
+        let Ok(cert_pem) = std::fs::read_to_string(self.data.admin_cert()) else {
+            return Ok(());
+        };
+        let admin = pki::identity_of(&pki::first_cert_der(&cert_pem)?)?;
+        let issuer = self.authority.issuer();
+        let roots = self.authority.roots_pem();
+        if admin.issuer != issuer.common_name() {
+            let lifetime = admin
+                .not_after
+                .duration_since(identities::issued_at(&admin))
+                .unwrap_or(identities::CLIENT_CERT_TTL);
+            let renewed = issuer.issue_client(&admin.common_name, lifetime)?;
+            let issued = IssuedCertificate::of_pem(&renewed.cert_pem)?;
+            self.consensus.propose(issued.record()).await?;
+            replace_file(&self.data.admin_ca_cert(), roots.as_bytes(), false)?;
+            write_identity(&self.data.admin_key(), &self.data.admin_cert(), &renewed)?;
+            tracing::info!(serial = %issued.serial, "moved the admin identity in the data directory to the issuing root");
+        } else if std::fs::read_to_string(self.data.admin_ca_cert())
+            .ok()
+            .as_deref()
+            != Some(roots.as_str())
+        {
+            replace_file(&self.data.admin_ca_cert(), roots.as_bytes(), false)?;
+        }
+        Ok(())
     }
 
     fn read_current(&self) -> Result<pki::PeerIdentity, ServerError> {
@@ -104,35 +189,30 @@ impl Renewal {
     /// Issues, records, writes and takes into use a new certificate; returns who it names.
     async fn renew(&self) -> Result<pki::PeerIdentity, ServerError> {
         let ttl = identities::member_cert_ttl(&self.store)?;
-        let renewed = self.ca.issue_member(&self.name, &self.hosts, ttl)?;
+        let renewed = self
+            .authority
+            .issuer()
+            .issue_member(&self.name, &self.hosts, ttl)?;
         let identity = pki::identity_of(&pki::first_cert_der(&renewed.cert_pem)?)?;
         let mut issued = IssuedCertificate::of_identity(&identity);
         issued.member_id = self.member_id;
         self.consensus.propose(issued.record()).await?;
-        write_member_identity(&self.data, &renewed)?;
+        write_identity(&self.data.member_key(), &self.data.member_cert(), &renewed)?;
         self.identity.replace(&renewed)?;
         Ok(identity)
     }
 }
 
-/// Replaces the member certificate and key in `data` atomically (key first).
-fn write_member_identity(data: &DataDir, identity: &CertifiedKey) -> Result<(), ServerError> {
-    replace_file(&data.member_key(), identity.key_pem.as_bytes(), true)?;
-    replace_file(&data.member_cert(), identity.cert_pem.as_bytes(), false)?;
-    sync_dir(&data.pki())
+/// Replaces a certificate and its key (see [`pki::replace_key_pair`]).
+fn write_identity(
+    key_path: &Path,
+    cert_path: &Path,
+    identity: &CertifiedKey,
+) -> Result<(), ServerError> {
+    pki::replace_key_pair(key_path, &identity.key_pem, cert_path, &identity.cert_pem)
+        .map_err(|e| ServerError::Io(cert_path.to_path_buf(), e))
 }
 
 fn replace_file(path: &Path, contents: &[u8], private: bool) -> Result<(), ServerError> {
-    let temporary = path.with_extension("renewing");
-    let failed = |e: std::io::Error| ServerError::Io(path.to_path_buf(), e);
-    let _ = std::fs::remove_file(&temporary);
-    if private {
-        pki::write_private_file(&temporary, contents).map_err(failed)?;
-    } else {
-        std::fs::write(&temporary, contents).map_err(failed)?;
-        std::fs::File::open(&temporary)
-            .and_then(|file| file.sync_all())
-            .map_err(failed)?;
-    }
-    std::fs::rename(&temporary, path).map_err(failed)
+    pki::replace_file(path, contents, private).map_err(|e| ServerError::Io(path.to_path_buf(), e))
 }

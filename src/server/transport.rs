@@ -5,6 +5,10 @@
 //! handshake, and every open connection is re-checked every [`REVOCATION_SWEEP`]; one that has
 //! become denied is closed (its reads and writes fail from then on), so removing a member or
 //! revoking an identity takes effect on live connections within about a second.
+//!
+//! Retired roots: when the trusted roots change (a CA rotation retiring its old root), every open
+//! connection's certificate chain is verified again against the new roots at the next sweep, and
+//! the connections it no longer passes are closed the same way.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -29,9 +34,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often open connections are checked against the deny list.
 const REVOCATION_SWEEP: Duration = Duration::from_secs(1);
 
-/// Open connections that presented a certificate: its serial, and the connection's revocation
-/// handle (weak: a closed connection drops out).
-type LiveConnections = Arc<Mutex<Vec<(String, Weak<Revocation>)>>>;
+/// An open connection that presented a certificate.
+struct LiveConnection {
+    serial: String,
+    /// The chain it presented, leaf first: checked again when the trusted roots change.
+    chain: Vec<CertificateDer<'static>>,
+    /// Weak: a closed connection drops out.
+    revocation: Weak<Revocation>,
+}
+
+type LiveConnections = Arc<Mutex<Vec<LiveConnection>>>;
 
 /// Whether a certificate (by serial, hex) may no longer be used.
 pub trait DenyList: Send + Sync + 'static {
@@ -45,6 +57,7 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     deny: Arc<dyn DenyList>,
+    trust: Arc<pki::LiveTrust>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (connections, incoming) = mpsc::channel::<Result<Revocable, std::io::Error>>(64);
@@ -57,7 +70,7 @@ pub async fn serve_tls(
         deny.clone(),
         live.clone(),
     ));
-    let sweeping = tokio::spawn(sweep(deny, live));
+    let sweeping = tokio::spawn(sweep(deny, trust, live));
     // Stop accepting and sweeping when serving ends, or when the caller gives up on a graceful
     // end and drops this future.
     let _tasks = (AbortOnDrop(accepting), AbortOnDrop(sweeping));
@@ -100,17 +113,21 @@ async fn accept_loop(
                     return;
                 }
             };
-            let serial = peer_serial(&stream);
-            if let Some(serial) = &serial {
+            let presented = presented_chain(&stream);
+            if let Some((serial, _)) = &presented {
                 if deny.is_denied(serial) {
                     tracing::info!(%peer, %serial, "refused a denied certificate");
                     return;
                 }
             }
             let revocation = Arc::new(Revocation::default());
-            if let Some(serial) = serial {
+            if let Some((serial, chain)) = presented {
                 let mut live = live.lock().expect("live connection list lock");
-                live.push((serial, Arc::downgrade(&revocation)));
+                live.push(LiveConnection {
+                    serial,
+                    chain,
+                    revocation: Arc::downgrade(&revocation),
+                });
             }
             let _ = connections
                 .send(Ok(Revocable {
@@ -122,31 +139,60 @@ async fn accept_loop(
     }
 }
 
-/// Re-checks every open connection's certificate and closes those now denied.
-async fn sweep(deny: Arc<dyn DenyList>, live: LiveConnections) {
+/// Re-checks every open connection's certificate and closes those now denied, or, after the
+/// trusted roots changed, no longer trusted.
+async fn sweep(deny: Arc<dyn DenyList>, trust: Arc<pki::LiveTrust>, live: LiveConnections) {
     let mut ticker = tokio::time::interval(REVOCATION_SWEEP);
+    let mut checked_epoch = trust.epoch();
     loop {
         ticker.tick().await;
-        let snapshot: Vec<(String, Arc<Revocation>)> = {
+        let epoch = trust.epoch();
+        let roots_changed = epoch != checked_epoch;
+        checked_epoch = epoch;
+        let snapshot: Vec<(
+            String,
+            Option<Vec<CertificateDer<'static>>>,
+            Arc<Revocation>,
+        )> = {
             let mut live = live.lock().expect("live connection list lock");
-            live.retain(|(_, revocation)| revocation.strong_count() > 0);
+            live.retain(|connection| connection.revocation.strong_count() > 0);
             live.iter()
-                .filter_map(|(serial, weak)| Some((serial.clone(), weak.upgrade()?)))
+                .filter_map(|connection| {
+                    let chain = roots_changed.then(|| connection.chain.clone());
+                    Some((
+                        connection.serial.clone(),
+                        chain,
+                        connection.revocation.upgrade()?,
+                    ))
+                })
                 .collect()
         };
-        for (serial, revocation) in snapshot {
-            if !revocation.revoked.load(Ordering::Acquire) && deny.is_denied(&serial) {
+        for (serial, chain, revocation) in snapshot {
+            if revocation.revoked.load(Ordering::Acquire) {
+                continue;
+            }
+            if deny.is_denied(&serial) {
                 tracing::info!(%serial, "closing a connection whose certificate was denied");
+                revocation.revoke();
+            } else if chain.is_some_and(|chain| !trust.accepts_client(&chain)) {
+                tracing::info!(%serial, "closing a connection whose certificate is no longer trusted");
                 revocation.revoke();
             }
         }
     }
 }
 
-fn peer_serial(stream: &TlsStream<TcpStream>) -> Option<String> {
+/// The serial of the leaf and the whole chain the peer presented, if it presented one.
+fn presented_chain(
+    stream: &TlsStream<TcpStream>,
+) -> Option<(String, Vec<CertificateDer<'static>>)> {
     let (_, session) = stream.get_ref();
-    let leaf = session.peer_certificates()?.first()?;
-    pki::identity_of(leaf.as_ref()).ok().map(|id| id.serial_hex)
+    let chain = session.peer_certificates()?;
+    let serial = pki::identity_of(chain.first()?.as_ref()).ok()?.serial_hex;
+    Some((
+        serial,
+        chain.iter().map(|der| der.clone().into_owned()).collect(),
+    ))
 }
 
 #[derive(Default)]
