@@ -230,24 +230,26 @@ impl Admin for AdminService {
             .map_err(ApiError::from)?;
         let internal = |e: pki::PkiError| Status::internal(e.to_string());
         let store = &self.0.store;
-        let issuing = pki::ca_digest(self.0.ca.issuer().cert_pem()).map_err(internal)?;
-        let mut roots = pki::certs_from_pem(&self.0.ca.roots_pem())
-            .map_err(internal)?
-            .iter()
-            .map(|der| {
-                let state = if pki::der_digest(der) == issuing {
-                    "issuing"
-                } else {
-                    "trusted"
-                };
-                root_info(der, state)
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        // From the replicated record, not this member's files: every member answers the same,
+        // also in the seconds before it has taken a change into use itself.
         let rotation = rotation::current(store).map_err(ApiError::from)?;
-        if let Some(retired) = rotation.as_ref().filter(|r| !r.is_rotating()) {
-            let der = pki::first_cert_der(&retired.old_root_pem).map_err(internal)?;
-            roots.push(root_info(&der, "retired")?);
+        let roots = match &rotation {
+            Some(rotation) => vec![
+                (rotation.new_root_pem.clone(), "issuing"),
+                (
+                    rotation.old_root_pem.clone(),
+                    if rotation.is_rotating() {
+                        "trusted"
+                    } else {
+                        "retired"
+                    },
+                ),
+            ],
+            None => vec![(self.0.ca.issuer().cert_pem().to_string(), "issuing")],
         }
+        .into_iter()
+        .map(|(pem, state)| root_info(&pki::first_cert_der(&pem).map_err(internal)?, state))
+        .collect::<Result<Vec<_>, Status>>()?;
         let listed = identities::list(store).map_err(ApiError::from)?;
         let members = self
             .0

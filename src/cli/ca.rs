@@ -1,5 +1,6 @@
 //! `bulwark ca status|update|rotate`: the cluster CA from the command line (admin identity only).
 
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
@@ -15,6 +16,8 @@ use crate::proto::bulwarkpb::{
 /// How long `ca rotate` follows a rotation before leaving it to run on its own.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(15 * 60);
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+/// How long `ca rotate` waits for the members to issue from the new root.
+const RENEW_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct CaArgs {
@@ -115,11 +118,7 @@ async fn rotate(grace: Duration, detach: bool, connect: &ConnectArgs) -> Result<
     // The identity this command runs as moves now, or the retirement would lock it out.
     let own = connect.identity_directory();
     if let Some(dir) = &own {
-        let serial = renew_identity(dir, &connect.endpoint_list()?).await?;
-        println!(
-            "renewed the identity in {} from the new root (serial {serial})",
-            dir.display()
-        );
+        renew_from(dir, &connect.endpoint_list()?, &root.subject).await?;
     }
     if detach {
         println!("follow it with `bulwark ca status`");
@@ -164,6 +163,44 @@ async fn rotate(grace: Duration, detach: bool, connect: &ConnectArgs) -> Result<
     }
     println!("the rotation is still in progress; follow it with `bulwark ca status`");
     Ok(())
+}
+
+/// Renews the identity in `dir` until its certificate comes from the root named `root`: the
+/// member answering may take a moment to take the new root into use.
+async fn renew_from(dir: &Path, endpoints: &[String], root: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + RENEW_LIMIT;
+    loop {
+        let serial = renew_identity(dir, endpoints).await?;
+        if current_issuer(dir)? == root {
+            println!(
+                "renewed the identity in {} from the new root (serial {serial})",
+                dir.display()
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the members did not issue from {root} within {}s; renew {} with `bulwark \
+                 renew` before the old root is retired",
+                RENEW_LIMIT.as_secs(),
+                dir.display()
+            ));
+        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+    }
+}
+
+fn current_issuer(dir: &Path) -> Result<String, String> {
+    let path = dir.join("client.crt");
+    std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| {
+            crate::pki::first_cert_der(&pem)
+                .and_then(|der| crate::pki::identity_of(&der))
+                .map_err(|e| e.to_string())
+        })
+        .map(|identity| identity.issuer)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn list_or_none(names: &[String]) -> String {

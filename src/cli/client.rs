@@ -47,13 +47,20 @@ impl ConnectArgs {
     }
 
     /// The identity directory these flags name (`--cacert DIR/ca.crt --cert DIR/client.crt --key
-    /// DIR/client.key`, as `login` writes them), if they name one; not a member's data directory,
-    /// whose admin identity the member keeps current itself.
+    /// DIR/client.key`, as `login` writes them), if they name one; not the admin identity in a
+    /// member's data directory (`--data-dir`, or `DATA/admin` named file by file), which that
+    /// member keeps current itself.
     pub(super) fn identity_directory(&self) -> Option<PathBuf> {
         if self.data_dir.is_some() {
             return None;
         }
         let dir = self.cert.as_deref()?.parent()?.to_path_buf();
+        if dir
+            .parent()
+            .is_some_and(|data| DataDir::new(data).holds_member())
+        {
+            return None;
+        }
         let named = |path: &Option<PathBuf>, name: &str| path.as_deref() == Some(&*dir.join(name));
         (named(&self.cert, "client.crt")
             && named(&self.key_file, "client.key")

@@ -60,6 +60,9 @@ pub fn replace_key_pair(
 /// pending means nothing was renamed yet (and they may be incomplete), so both go.
 pub fn finish_interrupted_replace(key_path: &Path, cert_path: &Path) -> io::Result<()> {
     let (key_pending, cert_pending) = (pending(key_path), pending(cert_path));
+    if !key_pending.exists() && !cert_pending.exists() {
+        return Ok(());
+    }
     if cert_pending.exists() && !key_pending.exists() {
         std::fs::rename(&cert_pending, cert_path)?;
     } else {

@@ -34,12 +34,14 @@ const ALPN_H2: &[u8] = b"h2";
 #[derive(Debug)]
 pub struct LiveIdentity {
     current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+    generation: AtomicU64,
 }
 
 impl LiveIdentity {
     pub fn new(identity: &CertifiedKey) -> Result<Arc<Self>, PkiError> {
         Ok(Arc::new(LiveIdentity {
             current: RwLock::new(signing_identity(identity)?),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -47,7 +49,14 @@ impl LiveIdentity {
     pub fn replace(&self, identity: &CertifiedKey) -> Result<(), PkiError> {
         let replacement = signing_identity(identity)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = replacement;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Changes each time the identity is replaced: holders of long-lived client connections
+    /// open new ones, which present the new certificate.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn current(&self) -> Arc<rustls::sign::CertifiedKey> {

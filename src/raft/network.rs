@@ -53,11 +53,15 @@ pub fn tls_channel(address: &str, tls: Arc<rustls::ClientConfig>) -> Channel {
 
 /// How this member reaches its peers: the cluster CA and its own member certificate, and one
 /// multiplexed channel per peer address, reused by every caller (a new TLS connection per RPC
-/// would cost several round trips each time).
+/// would cost several round trips each time). When the member certificate is renewed, new
+/// channels are made, so connections present the new certificate from then on (a CA rotation
+/// retires the old root only once none is needed); calls in flight finish on the old ones.
 #[derive(Clone)]
 pub struct PeerTls {
     tls: Arc<rustls::ClientConfig>,
-    channels: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    identity: Arc<pki::LiveIdentity>,
+    /// The identity's generation the channels were made with, and the channels.
+    channels: Arc<std::sync::Mutex<(u64, std::collections::HashMap<String, Channel>)>>,
 }
 
 impl PeerTls {
@@ -67,17 +71,24 @@ impl PeerTls {
     ) -> Result<Self, PkiError> {
         Ok(PeerTls {
             tls: pki::client_tls_config(trust, identity)?,
-            channels: Arc::default(),
+            identity: identity.clone(),
+            channels: Arc::new(std::sync::Mutex::new((
+                identity.generation(),
+                Default::default(),
+            ))),
         })
     }
 
     /// A client for the member at `peer_addr` (HOST:PORT); connects on first use and
     /// reconnects by itself when the connection breaks.
     pub fn client(&self, peer_addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-        let channel = self
-            .channels
-            .lock()
-            .expect("peer channels lock")
+        let mut channels = self.channels.lock().expect("peer channels lock");
+        let generation = self.identity.generation();
+        if channels.0 != generation {
+            *channels = (generation, Default::default());
+        }
+        let channel = channels
+            .1
             .entry(peer_addr.to_string())
             .or_insert_with(|| tls_channel(peer_addr, self.tls.clone()))
             .clone();
@@ -97,14 +108,18 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: self.tls.client(&node.peer_addr).map_err(|e| e.to_string()),
+            tls: self.tls.clone(),
+            peer_addr: node.peer_addr.clone(),
         }
     }
 }
 
 pub struct PeerConnection {
     target: NodeId,
-    client: Result<PeerClient<Channel>, String>,
+    /// The channel is looked up per call, so a renewed certificate is used without openraft
+    /// having to make a new connection object.
+    tls: PeerTls,
+    peer_addr: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,19 +148,14 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Ok(client) => client,
-            Err(error) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                    error.clone(),
-                ))))
-            }
-        };
+        let mut client = self.tls.client(&self.peer_addr).map_err(|error| {
+            RPCError::Unreachable(Unreachable::new(&TransportError(error.to_string())))
+        })?;
         let payload =
             bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut grpc_request = tonic::Request::new(RaftPayload { bincode: payload });
         grpc_request.set_timeout(option.hard_ttl());
-        let response = method(client, grpc_request).await.map_err(|status| {
+        let response = method(&mut client, grpc_request).await.map_err(|status| {
             let error = TransportError(format!("{}: {}", status.code(), status.message()));
             match status.code() {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {

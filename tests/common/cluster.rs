@@ -390,6 +390,12 @@ impl Cluster {
         self.members[index].advertised_peer_addr()
     }
 
+    /// Reads the manager token again (after `token rotate manager` or a CA rotation), for the
+    /// next joins.
+    pub fn refresh_token(&mut self) {
+        self.token = Some(self.fetch_token(0));
+    }
+
     fn fetch_token(&self, index: usize) -> String {
         let output = self.members[index].cli(&["token", "show", "manager"]);
         output.assert_success();
