@@ -328,48 +328,82 @@ async fn ca_rotation_under_live_writers_fails_no_request_and_retires_the_old_roo
         .etcdctl()
         .run(&["get", "after-restart"])
         .assert_success();
+    // `bulwark status` shows every member, one leader, and the certificate each presents.
+    let status = cluster
+        .member(1)
+        .cli(&["status", "-w", "json"])
+        .assert_success()
+        .json();
+    let rows = status.as_array().expect("a row per member");
+    assert_eq!(rows.len(), 4, "{status}");
+    let leaders = rows
+        .iter()
+        .filter(|row| row["status"]["is_leader"] == true)
+        .count();
+    assert_eq!(leaders, 1, "{status}");
+    for row in rows {
+        assert_eq!(row["certificate"]["issuer"], NEW_ROOT, "{status}");
+        assert!(
+            row["certificate"]["seconds_left"].as_u64().unwrap() > 0,
+            "{status}"
+        );
+    }
     agent.kill9();
 }
 
-/// On one member, `ca rotate` follows the rotation to its end, renews the identity it ran as, and
-/// a second rotation moves on from the first.
+/// A member joins halfway through a rotation with a token that still pins the old root; `ca
+/// rotate` (without `--detach`) follows a rotation to its end; a second rotation moves on from the
+/// first.
 #[test]
-fn ca_rotate_follows_to_the_end_and_can_rotate_again() {
-    let cluster = Cluster::single();
-    let member = cluster.member(0);
+fn members_join_mid_rotation_and_rotations_follow_each_other() {
+    let mut cluster = Cluster::start(ClusterOptions::new(1));
     let dir = common::temp_dir();
     let ops = dir.path().join("ops");
-    member
+    cluster
+        .member(0)
         .cli(&["identity", "issue", "ops", "--out", ops.to_str().unwrap()])
         .assert_success();
     let ops_files = TlsFiles::client_in(&ops);
     // `ops` is not an admin: it cannot rotate.
-    member
+    cluster
+        .member(0)
         .cli_as(&ops_files, &["ca", "rotate", "--grace", "0s"])
         .assert_failure();
 
-    let rotated = member.cli(&["ca", "rotate", "--grace", "0s"]);
-    rotated.assert_success();
-    assert!(rotated.stdout.contains("retired"), "{rotated}");
-    let status = member
-        .cli(&["ca", "status", "-w", "json"])
-        .assert_success()
-        .json();
-    assert_eq!(status["rotation"]["generation"], 2, "{status}");
-    // Not renewed and not an agent's: `ops` is refused once the member has taken the retirement
-    // into use (it looks every 2 s).
-    assert_refused_soon(&Etcdctl::new(&member.endpoint()).tls(&ops_files));
+    // As the cluster's admin identity (a copy outside the member), which the command renews.
+    cluster
+        .member(0)
+        .cli_as(
+            &cluster.admin(),
+            &["ca", "rotate", "--grace", "20s", "--detach"],
+        )
+        .assert_success();
+    let joined = cluster.join("m1");
+    let started = Instant::now();
+    while ca_status(&cluster, 0)["rotation"]["retired_at"].as_i64() == Some(0) {
+        assert!(
+            started.elapsed() < ROTATION_DEADLINE,
+            "the rotation did not finish: {}",
+            ca_status(&cluster, 0)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let member_cert = cluster.member(joined).data_dir().join("pki/member.crt");
+    assert_eq!(issuer_of(&member_cert), NEW_ROOT);
+    // Not renewed and not an agent's: `ops` is refused now.
+    assert_refused_soon(&Etcdctl::new(&cluster.member(0).endpoint()).tls(&ops_files));
 
-    let again = member.cli(&["ca", "rotate", "--grace", "0s"]);
+    let again = cluster.member(1).cli(&["ca", "rotate", "--grace", "0s"]);
     again.assert_success();
-    let status = member
-        .cli(&["ca", "status", "-w", "json"])
-        .assert_success()
-        .json();
+    assert!(again.stdout.contains("retired"), "{again}");
+    let status = ca_status(&cluster, 0);
     assert_eq!(status["rotation"]["generation"], 3, "{status}");
     assert_eq!(
         status["roots"][0]["subject"], "Bulwark Root CA 3",
         "{status}"
     );
-    member.etcdctl().run(&["put", "k", "v"]).assert_success();
+    for member in status["members"].as_array().expect("members") {
+        assert_eq!(member["issuer"], "Bulwark Root CA 3", "{status}");
+    }
+    cluster.etcdctl().run(&["put", "k", "v"]).assert_success();
 }

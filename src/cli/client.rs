@@ -380,11 +380,31 @@ async fn connect(args: &ConnectArgs) -> Result<KvClient<Channel>, String> {
 
 pub(super) async fn channel(args: &ConnectArgs) -> Result<Channel, String> {
     let target = target(args)?;
+    first_reachable(args, &target.endpoints).await
+}
+
+/// A channel to `endpoint` alone, with the identity `args` names.
+pub(super) async fn channel_to(args: &ConnectArgs, endpoint: &str) -> Result<Channel, String> {
+    first_reachable(args, &[endpoint.to_string()]).await
+}
+
+/// The PEM texts of the identity `args` names: (CA certificates, certificate, key).
+pub(super) fn identity_pems(args: &ConnectArgs) -> Result<(String, String, String), String> {
+    let target = target(args)?;
+    Ok((
+        read(&target.ca_cert)?,
+        read(&target.cert)?,
+        read(&target.key)?,
+    ))
+}
+
+async fn first_reachable(args: &ConnectArgs, endpoints: &[String]) -> Result<Channel, String> {
+    let (ca, cert, key) = identity_pems(args)?;
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&target.ca_cert)?))
-        .identity(Identity::from_pem(read(&target.cert)?, read(&target.key)?));
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
     let mut last_error = String::from("no endpoint given");
-    for endpoint in &target.endpoints {
+    for endpoint in endpoints {
         match dial(endpoint, Some(&tls), Some(COMMAND_TIMEOUT)).await {
             Ok(channel) => return Ok(channel),
             Err(error) => last_error = error,

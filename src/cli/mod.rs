@@ -8,6 +8,7 @@ mod coordination;
 mod identity;
 mod output;
 mod snapshot;
+mod status;
 
 // Shared with `bench`, which drives etcd and Bulwark with the same client code.
 pub(crate) use client::dial;
@@ -69,6 +70,9 @@ enum Command {
     /// The cluster CA: status (roots, rotation, certificates), update (certificate lifetime),
     /// rotate (a new root with no downtime).
     Ca(ca::CaArgs),
+    /// Every member's status (as `etcdctl endpoint status --cluster`) with the expiry and issuer
+    /// of the certificate it presents.
+    Status(status::StatusArgs),
     /// Hold a distributed lock while a command runs (`bulwark lock NAME -- COMMAND ...`).
     Lock(coordination::LockArgs),
     /// Benchmark Bulwark against etcd, side by side on this machine (`--quick` for a smoke run).
@@ -254,6 +258,7 @@ pub fn main() -> ExitCode {
             Command::Renew(args) => identity::renew(args).await,
             Command::Agent(args) => identity::agent(args).await,
             Command::Ca(args) => ca::ca(args).await,
+            Command::Status(args) => status::status(args).await,
             Command::Bench(args) => crate::bench::main(args).await,
         }
     });
