@@ -247,7 +247,8 @@ pub fn verify_snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
 
 impl Store {
     /// Drops what ties the store to the cluster it came from: the Raft position and membership,
-    /// and the join tokens (they pin the old CA). Used when a snapshot seeds a new cluster.
+    /// the join tokens (they pin the old CA) and the CA rotation record
+    /// (`identities::rotation::ROTATION_SETTING`). Used when a snapshot seeds a new cluster.
     pub fn forget_cluster(&self) -> Result<(), MvccError> {
         let mut writer = self.writer();
         writer.journal.interrupt();
@@ -256,7 +257,9 @@ impl Store {
             txn.delete_table(CONSENSUS)?;
             txn.open_table(CONSENSUS)?;
             let mut settings = txn.open_table(SETTINGS)?;
-            settings.retain(|name, _| !name.starts_with("join-token/"))?;
+            // Tokens pin the old cluster's secrets; a CA rotation record names roots the new
+            // cluster may not have (a restore without `--keep-ca-from` makes a new CA).
+            settings.retain(|name, _| !name.starts_with("join-token/") && name != "ca/rotation")?;
         }
         txn.commit()?;
         Ok(())
