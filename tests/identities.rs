@@ -700,6 +700,7 @@ fn identity_issue_honours_the_ttl_and_identity_list_shows_every_certificate() {
         assert_eq!(listed["role"], *role, "{listed}");
         assert_eq!(listed["not_after"], cert.not_after, "{listed}");
         assert_eq!(listed["state"], "valid", "{listed}");
+        assert_eq!(listed["issuer"], "Bulwark Root CA", "{listed}");
     }
 
     // The table shows the same rows.
@@ -717,7 +718,7 @@ fn identity_issue_honours_the_ttl_and_identity_list_shows_every_certificate() {
         .collect();
     assert_eq!(
         rows[0],
-        ["NAME", "ROLE", "SERIAL", "EXPIRES", "STATE"],
+        ["NAME", "ROLE", "SERIAL", "ISSUER", "EXPIRES", "STATE"],
         "{table}"
     );
     assert_eq!(rows.len(), list.len() + 1, "{table}");
@@ -733,6 +734,7 @@ fn identity_issue_honours_the_ttl_and_identity_list_shows_every_certificate() {
                 listed["name"].as_str().unwrap().to_string(),
                 listed["role"].as_str().unwrap().to_string(),
                 serial.to_string(),
+                "Bulwark Root CA".to_string(),
                 utc(listed["not_after"].as_i64().unwrap()),
                 listed["state"].as_str().unwrap().to_string(),
             ],

@@ -285,6 +285,7 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
                                 "name": identity.name,
                                 "role": identity.role,
                                 "serial": identity.serial,
+                                "issuer": identity.issuer,
                                 "not_after": identity.not_after,
                                 "state": identity.state,
                             })
@@ -301,6 +302,7 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
                                 identity.name.clone(),
                                 identity.role.clone(),
                                 identity.serial.clone(),
+                                identity.issuer.clone(),
                                 utc(identity.not_after),
                                 identity.state.clone(),
                             ]
@@ -309,7 +311,7 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
                     print!(
                         "{}",
                         bordered_table(
-                            &["NAME", "ROLE", "SERIAL", "EXPIRES", "STATE"],
+                            &["NAME", "ROLE", "SERIAL", "ISSUER", "EXPIRES", "STATE"],
                             &rows,
                             usize::MAX
                         )
