@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::client::{channel, with_timeout, ConnectArgs};
 use super::identity::{parse_ttl, refresh_trust, renew_identity, utc};
-use super::output::{bordered_table, Format};
+use super::output::{bordered_table, identity_info_json, Format};
 use crate::proto::bulwarkpb::admin_client::AdminClient;
 use crate::proto::bulwarkpb::{
     CaStatusRequest, CaStatusResponse, IdentityInfo, RotateCaRequest, UpdateCaRequest,
@@ -211,17 +211,6 @@ fn list_or_none(names: &[String]) -> String {
     }
 }
 
-fn identity_json(identity: &IdentityInfo) -> serde_json::Value {
-    serde_json::json!({
-        "name": identity.name,
-        "role": identity.role,
-        "serial": identity.serial,
-        "issuer": identity.issuer,
-        "not_after": identity.not_after,
-        "state": identity.state,
-    })
-}
-
 fn status_json(status: &CaStatusResponse) -> serde_json::Value {
     serde_json::json!({
         "roots": status.roots.iter().map(|root| serde_json::json!({
@@ -241,8 +230,8 @@ fn status_json(status: &CaStatusResponse) -> serde_json::Value {
             "members_on_old_root": rotation.members_on_old_root,
             "identities_on_old_root": rotation.identities_on_old_root,
         })),
-        "members": status.members.iter().map(identity_json).collect::<Vec<_>>(),
-        "identities": status.identities.iter().map(identity_json).collect::<Vec<_>>(),
+        "members": status.members.iter().map(identity_info_json).collect::<Vec<_>>(),
+        "identities": status.identities.iter().map(identity_info_json).collect::<Vec<_>>(),
     })
 }
 

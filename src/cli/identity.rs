@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 
 use super::client::{channel, with_timeout, ConnectArgs};
-use super::output::{bordered_table, Format};
+use super::output::{bordered_table, identity_info_json, Format};
 use crate::identities;
 use crate::pki;
 use crate::proto::bulwarkpb::admin_client::AdminClient;
@@ -277,20 +277,7 @@ pub async fn identity(args: IdentityArgs) -> Result<(), String> {
             let listed = with_timeout(admin.list_identities(ListIdentitiesRequest {})).await?;
             match format {
                 Format::Json => {
-                    let rows: Vec<_> = listed
-                        .identities
-                        .iter()
-                        .map(|identity| {
-                            serde_json::json!({
-                                "name": identity.name,
-                                "role": identity.role,
-                                "serial": identity.serial,
-                                "issuer": identity.issuer,
-                                "not_after": identity.not_after,
-                                "state": identity.state,
-                            })
-                        })
-                        .collect();
+                    let rows: Vec<_> = listed.identities.iter().map(identity_info_json).collect();
                     println!("{}", serde_json::Value::Array(rows));
                 }
                 _ => {

@@ -155,6 +155,18 @@ fn flat_header(header: Option<ResponseHeader>) -> Map<String, Value> {
     object
 }
 
+/// A certificate the cluster issued, as `identity list` and `ca status` print it in JSON.
+pub fn identity_info_json(identity: &crate::proto::bulwarkpb::IdentityInfo) -> Value {
+    serde_json::json!({
+        "name": identity.name,
+        "role": identity.role,
+        "serial": identity.serial,
+        "issuer": identity.issuer,
+        "not_after": identity.not_after,
+        "state": identity.state,
+    })
+}
+
 pub fn lease_grant_json(response: &LeaseGrantResponse) -> Value {
     let mut object = flat_header(response.header);
     object.insert("ID".into(), json!(response.id));
