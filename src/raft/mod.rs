@@ -22,6 +22,7 @@ pub mod batch;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
+mod read_index;
 pub mod state_machine;
 
 use std::collections::BTreeMap;
@@ -29,9 +30,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError,
-};
+use openraft::error::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{Config, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +157,7 @@ pub struct Consensus {
     pub id: NodeId,
     pub store: Arc<Store>,
     batcher: batch::ProposalBatcher,
+    reads: read_index::ReadIndexBatcher,
     tls: PeerTls,
     timings: RaftTimings,
 }
@@ -194,6 +194,7 @@ impl Consensus {
             .map_err(|e| ProposeError::Peer(e.to_string()))?;
         Ok(Consensus {
             batcher: batch::ProposalBatcher::start(raft.clone()),
+            reads: read_index::ReadIndexBatcher::start(raft.clone()),
             raft,
             id,
             store,
@@ -297,29 +298,7 @@ impl Consensus {
 
     /// On the leader: the log index a linearizable read must see applied (confirmed by a quorum).
     pub async fn leader_read_index(&self) -> Result<u64, ProposeError> {
-        let check = async {
-            let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-            loop {
-                match self.raft.ensure_linearizable().await {
-                    Ok(read_log_id) => return Ok(read_log_id.map_or(0, |id| id.index)),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                        return Err(ProposeError::LeaderChanged)
-                    }
-                    // Not enough acknowledgements within one RPC timeout (slow links, a busy
-                    // follower): confirming leadership again is harmless, so try until the
-                    // deadline.
-                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
-                        if tokio::time::Instant::now() < deadline => {}
-                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                        return Err(ProposeError::NoLeader)
-                    }
-                    Err(RaftError::Fatal(_)) => return Err(ProposeError::Stopped),
-                }
-            }
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, check)
-            .await
-            .unwrap_or(Err(ProposeError::Timeout))
+        self.reads.read_index().await
     }
 
     /// Waits until a read on this member is linearizable: everything committed before the call
