@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::client::{channel, with_timeout, ConnectArgs};
-use super::identity::{parse_ttl, refresh_trust, renew_identity, utc};
+use super::identity::{identity_client, parse_ttl, refresh_trust, renew_identity, utc};
 use super::output::{bordered_table, identity_info_json, Format};
 use crate::proto::bulwarkpb::admin_client::AdminClient;
 use crate::proto::bulwarkpb::{
@@ -143,7 +143,8 @@ async fn rotate(grace: Duration, detach: bool, connect: &ConnectArgs) -> Result<
         }
         if rotation.retired_at != 0 {
             if let Some(dir) = &own {
-                refresh_trust(dir, &connect.endpoint_list()?).await?;
+                let mut client = identity_client(dir, &connect.endpoint_list()?).await?;
+                refresh_trust(dir, &mut client).await?;
             }
             println!(
                 "old root {} retired; join tokens replaced (`bulwark token show manager|client`)",

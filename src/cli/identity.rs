@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use tonic::transport::Channel;
 
 use super::client::{channel, with_timeout, ConnectArgs};
 use super::output::{bordered_table, identity_info_json, Format};
@@ -81,6 +82,9 @@ pub async fn agent(args: RenewArgs) -> Result<(), String> {
     const CHECK: Duration = Duration::from_secs(5);
     const RETRY: Duration = Duration::from_secs(10);
     let mut schedule: Option<(String, SystemTime)> = None;
+    // One connection, kept while the certificate it was made with is the current one (a check
+    // every few seconds should not cost a TLS handshake each time).
+    let mut connection: Option<(String, IdentityClient<Channel>)> = None;
     loop {
         let current = current_identity(&args.dir)?;
         // One random point per certificate, not a new one at every look.
@@ -93,9 +97,24 @@ pub async fn agent(args: RenewArgs) -> Result<(), String> {
                 due
             }
         };
-        let moved_root = match refresh_trust(&args.dir, &args.endpoints).await {
+        if connection
+            .as_ref()
+            .is_none_or(|(serial, _)| *serial != current.serial_hex)
+        {
+            connection = identity_client(&args.dir, &args.endpoints)
+                .await
+                .inspect_err(|error| eprintln!("bulwark agent: cannot connect: {error}"))
+                .ok()
+                .map(|client| (current.serial_hex.clone(), client));
+        }
+        let trust = match &mut connection {
+            Some((_, client)) => refresh_trust(&args.dir, client).await,
+            None => Err("no connection".to_string()),
+        };
+        let moved_root = match trust {
             Ok(issuer) => issuer != current.issuer,
             Err(error) => {
+                connection = None;
                 eprintln!(
                     "bulwark agent: asking the cluster which roots it trusts failed: {error}"
                 );
@@ -133,11 +152,21 @@ fn current_identity(dir: &Path) -> Result<pki::PeerIdentity, String> {
         .map_err(|e| failed(&e))
 }
 
+/// A connection as the identity in `dir`.
+pub(super) async fn identity_client(
+    dir: &Path,
+    endpoints: &[String],
+) -> Result<IdentityClient<Channel>, String> {
+    let connect = ConnectArgs::identity_dir(dir, resolve_endpoints(dir, endpoints)?);
+    Ok(IdentityClient::new(channel(&connect).await?))
+}
+
 /// Asks the cluster which roots it trusts and which one issues; rewrites `ca.crt` in `dir` when
 /// it holds other roots. Returns the issuing root's name.
-pub(super) async fn refresh_trust(dir: &Path, endpoints: &[String]) -> Result<String, String> {
-    let connect = ConnectArgs::identity_dir(dir, resolve_endpoints(dir, endpoints)?);
-    let mut client = IdentityClient::new(channel(&connect).await?);
+pub(super) async fn refresh_trust(
+    dir: &Path,
+    client: &mut IdentityClient<Channel>,
+) -> Result<String, String> {
     let trust = with_timeout(client.trust(TrustRequest {})).await?;
     let path = dir.join("ca.crt");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(trust.ca_cert_pem.as_str()) {
@@ -160,8 +189,7 @@ pub(super) async fn renew_identity(dir: &Path, endpoints: &[String]) -> Result<S
     let endpoints = resolve_endpoints(dir, endpoints)?;
     let (csr_pem, key_pem) =
         pki::certificate_request(&current.common_name).map_err(|e| e.to_string())?;
-    let connect = ConnectArgs::identity_dir(dir, endpoints);
-    let mut client = IdentityClient::new(channel(&connect).await?);
+    let mut client = identity_client(dir, &endpoints).await?;
     let renewed = with_timeout(client.renew(RenewRequest { csr_pem })).await?;
     let serial = pki::first_cert_der(&renewed.client_cert_pem)
         .and_then(|der| pki::identity_of(&der))
