@@ -67,11 +67,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ShowTokenResponse>, Status> {
         require_admin(&request)?;
         let setting = token_setting(&request.get_ref().role)?;
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         let token = identities::join_token(&self.0.store, &setting)
             .map_err(ApiError::from)?
             .ok_or_else(|| Status::unavailable("the cluster has no join token yet"))?
@@ -86,11 +82,7 @@ impl Admin for AdminService {
         require_admin(&request)?;
         let role = &request.get_ref().role;
         let setting = token_setting(role)?;
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         // During a CA rotation tokens still pin the old root (see `rotation`).
         let pinned = match rotation::current(&self.0.store).map_err(ApiError::from)? {
             Some(rotation) => rotation.token_root().to_string(),
@@ -115,15 +107,7 @@ impl Admin for AdminService {
             0 => identities::CLIENT_CERT_TTL,
             seconds => Duration::from_secs(seconds),
         };
-        let cert_pem = identities::issue_client(
-            &self.0.consensus,
-            &self.0.ca.issuer(),
-            &request.name,
-            &request.csr_pem,
-            ttl,
-        )
-        .await?;
-        Ok(Response::new(issued_identity(&self.0, cert_pem)))
+        issue_identity(&self.0, &request.name, &request.csr_pem, ttl).await
     }
 
     async fn list_identities(
@@ -131,11 +115,7 @@ impl Admin for AdminService {
         request: Request<ListIdentitiesRequest>,
     ) -> Result<Response<ListIdentitiesResponse>, Status> {
         require_admin(&request)?;
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         let identities = identities::list(&self.0.store)
             .map_err(ApiError::from)?
             .into_iter()
@@ -150,11 +130,7 @@ impl Admin for AdminService {
     ) -> Result<Response<RevokeIdentityResponse>, Status> {
         let caller = require_admin(&request)?;
         let name = &request.get_ref().name;
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         let certificates: Vec<_> = identities::list(&self.0.store)
             .map_err(ApiError::from)?
             .into_iter()
@@ -223,11 +199,7 @@ impl Admin for AdminService {
         request: Request<CaStatusRequest>,
     ) -> Result<Response<CaStatusResponse>, Status> {
         require_admin(&request)?;
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         let internal = |e: pki::PkiError| Status::internal(e.to_string());
         let store = &self.0.store;
         // From the replicated record, not this member's files: every member answers the same,
@@ -323,11 +295,7 @@ impl Admin for AdminService {
             .get_ref()
             .grace_seconds
             .map_or(rotation::DEFAULT_GRACE, Duration::from_secs);
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         let previous = rotation::current(&self.0.store).map_err(ApiError::from)?;
         let issuer = self.0.ca.issuer();
         let started = rotation::CaRotation::start(&issuer, previous.as_ref(), grace).map_err(
@@ -391,15 +359,13 @@ impl Identity for IdentityService {
         } else {
             lifetime
         };
-        let cert_pem = identities::issue_client(
-            &self.0.consensus,
-            &self.0.ca.issuer(),
+        issue_identity(
+            &self.0,
             &caller.common_name,
             &request.get_ref().csr_pem,
             ttl,
         )
-        .await?;
-        Ok(Response::new(issued_identity(&self.0, cert_pem)))
+        .await
     }
 
     async fn trust(
@@ -418,13 +384,22 @@ impl Identity for IdentityService {
     }
 }
 
-/// What a caller given a new client certificate needs with it.
-fn issued_identity(context: &ApiContext, client_cert_pem: String) -> LoginResponse {
-    LoginResponse {
+/// Signs a client identity named `name` for `csr_pem` with the issuing CA, records it, and
+/// answers with what its holder needs: the certificate, the roots to trust, the members' URLs.
+async fn issue_identity(
+    context: &ApiContext,
+    name: &str,
+    csr_pem: &str,
+    ttl: Duration,
+) -> Result<Response<LoginResponse>, Status> {
+    let client_cert_pem =
+        identities::issue_client(&context.consensus, &context.ca.issuer(), name, csr_pem, ttl)
+            .await?;
+    Ok(Response::new(LoginResponse {
         client_cert_pem,
         ca_cert_pem: context.ca.roots_pem(),
         client_urls: context.consensus.client_urls(),
-    }
+    }))
 }
 
 fn identity_info(

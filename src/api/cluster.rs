@@ -225,11 +225,7 @@ impl Cluster for ClusterService {
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
-            self.0
-                .consensus
-                .read_barrier()
-                .await
-                .map_err(ApiError::from)?;
+            self.0.read_barrier().await?;
         }
         Ok(Response::new(MemberListResponse {
             header: self.header(),

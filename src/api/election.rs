@@ -122,11 +122,7 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        self.0
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        self.0.read_barrier().await?;
         let kv = first_in_line(&self.0, &prefix_of(&request.get_ref().name))?
             .ok_or_else(|| Status::not_found("etcdserver: election: no leader"))?;
         Ok(Response::new(LeaderResponse {

@@ -30,11 +30,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_range(&req)?;
         if !req.serializable {
-            self.0
-                .consensus
-                .read_barrier()
-                .await
-                .map_err(ApiError::from)?;
+            self.0.read_barrier().await?;
         }
         let mut response = self.0.store.range(&req).map_err(ApiError::from)?;
         self.0.complete(&mut response.header);

@@ -108,6 +108,11 @@ impl ApiContext {
         Ok(self.store.status()?.current_revision)
     }
 
+    /// Waits until reads on this member are linearizable (see `Consensus::read_barrier`).
+    async fn read_barrier(&self) -> Result<(), ApiError> {
+        Ok(self.consensus.read_barrier().await?)
+    }
+
     async fn propose(&self, kind: command::Kind) -> Result<CommandResponse, ApiError> {
         if needs_space(&kind) {
             self.check_space().await?;

@@ -97,11 +97,7 @@ impl Queue {
         create_revision: i64,
     ) -> Result<(), Status> {
         let mut committed = context.store.subscribe();
-        context
-            .consensus
-            .read_barrier()
-            .await
-            .map_err(ApiError::from)?;
+        context.read_barrier().await?;
         loop {
             let mine = context
                 .store
