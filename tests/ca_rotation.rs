@@ -407,3 +407,30 @@ fn members_join_mid_rotation_and_rotations_follow_each_other() {
     }
     cluster.etcdctl().run(&["put", "k", "v"]).assert_success();
 }
+
+/// A certificate signed with the cluster's CA key outside the cluster (a leaked key) chains to a
+/// trusted root but is in no registry: the client port refuses it, while identities the cluster
+/// issued keep working.
+#[test]
+fn a_certificate_the_cluster_never_issued_is_refused_on_the_client_port() {
+    let cluster = Cluster::single();
+    let member = cluster.member(0);
+    let pki = member.data_dir().join("pki");
+    let read = |name: &str| std::fs::read_to_string(pki.join(name)).expect("a CA file");
+    let leaked = bulwark::pki::ClusterCa::from_pem(&read("ca.crt"), &read("ca.key")).unwrap();
+    let dir = common::temp_dir();
+    let forged = dir.path().join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    let identity = leaked
+        .issue_client("root", Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(forged.join("ca.crt"), leaked.cert_pem()).unwrap();
+    std::fs::write(forged.join("client.crt"), &identity.cert_pem).unwrap();
+    std::fs::write(forged.join("client.key"), &identity.key_pem).unwrap();
+
+    Etcdctl::new(&member.endpoint())
+        .tls(&TlsFiles::client_in(&forged))
+        .run(&["get", "k"])
+        .assert_failure();
+    member.etcdctl().run(&["put", "k", "v"]).assert_success();
+}

@@ -354,10 +354,12 @@ impl Identity for IdentityService {
             .not_after
             .duration_since(identities::issued_at(&caller))
             .unwrap_or_default();
+        // Never longer than a year: a renewal keeps the lifetime it was issued with, within
+        // reason.
         let ttl = if lifetime.is_zero() {
             identities::CLIENT_CERT_TTL
         } else {
-            lifetime
+            lifetime.min(identities::MAX_RENEWED_CLIENT_TTL)
         };
         issue_identity(
             &self.0,
@@ -377,9 +379,15 @@ impl Identity for IdentityService {
             .peer_certs()
             .filter(|certs| !certs.is_empty())
             .ok_or_else(|| Status::permission_denied("etcdserver: permission denied"))?;
+        // The issuing root as the replicated record names it, so a client never renews back to
+        // a root this member has not moved away from yet.
+        let issuer = match rotation::issuing_root_name(&self.0.store).map_err(ApiError::from)? {
+            Some(name) => name,
+            None => self.0.ca.issuer().common_name().to_string(),
+        };
         Ok(Response::new(TrustResponse {
             ca_cert_pem: self.0.ca.roots_pem(),
-            issuer: self.0.ca.issuer().common_name().to_string(),
+            issuer,
         }))
     }
 }
@@ -392,9 +400,9 @@ async fn issue_identity(
     csr_pem: &str,
     ttl: Duration,
 ) -> Result<Response<LoginResponse>, Status> {
+    let issuer = rotation::issuer(&context.store, &context.ca).map_err(rotation_status)?;
     let client_cert_pem =
-        identities::issue_client(&context.consensus, &context.ca.issuer(), name, csr_pem, ttl)
-            .await?;
+        identities::issue_client(&context.consensus, &issuer, name, csr_pem, ttl).await?;
     Ok(Response::new(LoginResponse {
         client_cert_pem,
         ca_cert_pem: context.ca.roots_pem(),
@@ -414,6 +422,18 @@ fn identity_info(
         issued_at: issued.issued_at,
         state: state.as_str().to_string(),
         issuer: issued.issuer,
+    }
+}
+
+/// A rotation error as a gRPC status: a member still moving answers Unavailable (retry, or ask
+/// another member).
+pub(crate) fn rotation_status(error: rotation::RotationError) -> Status {
+    match error {
+        rotation::RotationError::NotCurrent => Status::unavailable(
+            "this member is taking a new CA root into use; retry in a few seconds",
+        ),
+        rotation::RotationError::InProgress(_) => Status::failed_precondition(error.to_string()),
+        other => Status::internal(other.to_string()),
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::client::{channel, with_timeout, ConnectArgs};
-use super::identity::{identity_client, parse_ttl, refresh_trust, renew_identity, utc};
+use super::identity::{
+    current_identity, identity_client, parse_ttl, refresh_trust, renew_identity, utc,
+};
 use super::output::{bordered_table, identity_info_json, Format};
 use crate::proto::bulwarkpb::admin_client::AdminClient;
 use crate::proto::bulwarkpb::{
@@ -171,15 +173,19 @@ async fn rotate(grace: Duration, detach: bool, connect: &ConnectArgs) -> Result<
 async fn renew_from(dir: &Path, endpoints: &[String], root: &str) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + RENEW_LIMIT;
     loop {
-        let serial = renew_identity(dir, endpoints).await?;
-        if current_issuer(dir)? == root {
-            println!(
-                "renewed the identity in {} from the new root (serial {serial})",
-                dir.display()
-            );
-            return Ok(());
+        // A member still moving answers Unavailable, or renews from the old root: try again.
+        let renewed = renew_identity(dir, endpoints).await;
+        if let Ok(serial) = &renewed {
+            if current_identity(dir)?.issuer == root {
+                println!(
+                    "renewed the identity in {} from the new root (serial {serial})",
+                    dir.display()
+                );
+                return Ok(());
+            }
         }
         if tokio::time::Instant::now() >= deadline {
+            renewed?;
             return Err(format!(
                 "the members did not issue from {root} within {}s; renew {} with `bulwark \
                  renew` before the old root is retired",
@@ -189,19 +195,6 @@ async fn renew_from(dir: &Path, endpoints: &[String], root: &str) -> Result<(), 
         }
         tokio::time::sleep(FOLLOW_INTERVAL).await;
     }
-}
-
-fn current_issuer(dir: &Path) -> Result<String, String> {
-    let path = dir.join("client.crt");
-    std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|pem| {
-            crate::pki::first_cert_der(&pem)
-                .and_then(|der| crate::pki::identity_of(&der))
-                .map_err(|e| e.to_string())
-        })
-        .map(|identity| identity.issuer)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn list_or_none(names: &[String]) -> String {

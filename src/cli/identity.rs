@@ -142,7 +142,7 @@ pub async fn agent(args: RenewArgs) -> Result<(), String> {
     }
 }
 
-fn current_identity(dir: &Path) -> Result<pki::PeerIdentity, String> {
+pub(super) fn current_identity(dir: &Path) -> Result<pki::PeerIdentity, String> {
     let path = dir.join("client.crt");
     let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     pki::finish_interrupted_replace(&dir.join("client.key"), &path).map_err(|e| failed(&e))?;

@@ -87,30 +87,7 @@ async fn presented_certificate(
         .strip_prefix("https://")
         .ok_or_else(|| format!("{endpoint}: not an https:// URL"))?
         .trim_end_matches('/');
-    let host = address
-        .rsplit_once(':')
-        .map_or(address, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = rustls_pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{endpoint}: {e}"))?;
-    let handshake = async {
-        let tcp = tokio::net::TcpStream::connect(address).await?;
-        tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-    };
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| format!("{endpoint}: TLS handshake timed out"))?
-        .map_err(|e| format!("{endpoint}: {e}"))?;
-    let leaf = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .ok_or_else(|| format!("{endpoint}: presented no certificate"))?;
-    pki::identity_of(leaf.as_ref()).map_err(|e| e.to_string())
+    pki::presented_identity(address, tls, HANDSHAKE_TIMEOUT).await
 }
 
 fn json(rows: &[MemberRow]) -> serde_json::Value {

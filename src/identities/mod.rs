@@ -89,6 +89,8 @@ pub fn member_certificates(
 
 /// Default lifetime of a client identity (`identity issue --ttl`, `login`).
 pub const CLIENT_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The longest lifetime a renewal gives (the admin identity `init` writes lives a year).
+pub const MAX_RENEWED_CLIENT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The roles a join token admits.
 pub const TOKEN_ROLES: [&str; 2] = ["manager", "client"];

@@ -61,6 +61,10 @@ pub struct CaRotation {
     pub grace_seconds: u64,
     /// When the old root was retired (seconds since the Unix epoch); 0 while rotating.
     pub retired_at: i64,
+    /// The bytes this record was read from, which a compare-and-set replacing it expects
+    /// (not a re-encoding, which another version might write differently).
+    #[serde(skip)]
+    stored: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +102,13 @@ impl CaRotation {
                 return Err(RotationError::NotCurrent);
             }
         }
-        let generation = previous.map_or(1, |previous| previous.generation) + 1;
+        // From the current root too: a cluster restored with `--keep-ca-from` has no record but
+        // may already issue from "Bulwark Root CA 2", and a root's name must never be reused
+        // (names tell who has moved).
+        let generation = previous
+            .map_or(1, |previous| previous.generation)
+            .max(issuer.generation())
+            + 1;
         let successor = issuer.successor(generation)?;
         let new_root_pem = successor.ca.cert_pem().to_string();
         let sealed_key = pki::seal::seal(
@@ -117,6 +127,7 @@ impl CaRotation {
             started_at: now_unix(),
             grace_seconds: grace.as_secs(),
             retired_at: 0,
+            stored: Vec::new(),
         })
     }
 
@@ -129,6 +140,7 @@ impl CaRotation {
         CaRotation {
             sealed_key: String::new(),
             retired_at: now,
+            stored: Vec::new(),
             ..self.clone()
         }
     }
@@ -197,7 +209,9 @@ impl CaRotation {
     pub fn replacing(&self, previous: Option<&CaRotation>) -> command::Kind {
         replace_setting(
             ROTATION_SETTING.to_string(),
-            previous.map(CaRotation::encode).unwrap_or_default(),
+            previous
+                .map(|previous| previous.stored.clone())
+                .unwrap_or_default(),
             self.encode(),
         )
     }
@@ -219,9 +233,31 @@ fn same_certificates(a: &str, b: &str) -> bool {
 
 /// The current or last rotation, if the cluster ever rotated its CA.
 pub fn current(store: &Store) -> Result<Option<CaRotation>, MvccError> {
-    Ok(store
-        .setting(ROTATION_SETTING)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    let Some(bytes) = store.setting(ROTATION_SETTING)? else {
+        return Ok(None);
+    };
+    let mut rotation: CaRotation = serde_json::from_slice(&bytes)
+        .map_err(|e| MvccError::Corrupt(format!("the CA rotation record does not decode: {e}")))?;
+    rotation.stored = bytes;
+    Ok(Some(rotation))
+}
+
+/// The CA to issue with: this member's, once it is the root the replicated record names;
+/// [`RotationError::NotCurrent`] in the seconds before the member has taken a rotation into use
+/// (a certificate issued then would come from a root about to be retired).
+pub fn issuer(store: &Store, authority: &pki::Authority) -> Result<Arc<ClusterCa>, RotationError> {
+    let issuer = authority.issuer();
+    match issuing_root_name(store)? {
+        Some(name) if name != issuer.common_name() => Err(RotationError::NotCurrent),
+        _ => Ok(issuer),
+    }
+}
+
+/// The root certificates are issued from now, as the replicated record says ("Bulwark Root CA"
+/// when the CA was never rotated): a member whose own CA is another one has not taken the
+/// latest change into use yet.
+pub fn issuing_root_name(store: &Store) -> Result<Option<String>, MvccError> {
+    Ok(current(store)?.map(|rotation| rotation.new_root_name))
 }
 
 /// The newest certificate recorded for member `member_id` (or, for a member admitted before
@@ -249,8 +285,10 @@ pub fn members_not_on(
         .members
         .into_iter()
         .filter(|(id, node, _)| {
-            newest_member_certificate(&listed, *id, &node.cert_serial)
-                .is_none_or(|(issued, _)| issued.issuer != root_name)
+            // A member pre-registered with `member add` that never joined holds no certificate.
+            !node.name.is_empty()
+                && newest_member_certificate(&listed, *id, &node.cert_serial)
+                    .is_none_or(|(issued, _)| issued.issuer != root_name)
         })
         .map(|(id, node, _)| {
             if node.name.is_empty() {
@@ -260,6 +298,27 @@ pub fn members_not_on(
             }
         })
         .collect())
+}
+
+/// Names of the members that do not present a certificate from the root named `root_name` on
+/// their peer port right now (or cannot be reached): what they present, not what was recorded,
+/// since a renewal can be recorded and then not taken into use (a crash, a lost answer).
+pub async fn members_not_presenting(consensus: &Consensus, root_name: &str) -> Vec<String> {
+    let mut behind = Vec::new();
+    for (id, node, _) in consensus.status().members {
+        if node.name.is_empty() {
+            continue; // pre-registered with `member add`, never joined: it holds no certificate
+        }
+        match consensus.presented_identity(&node.peer_addr).await {
+            Ok(presented) if presented.issuer == root_name => {}
+            Ok(_) => behind.push(node.name),
+            Err(error) => {
+                tracing::info!(member = %format!("{id:016x}"), %error, "CA rotation: cannot see the member's certificate");
+                behind.push(node.name);
+            }
+        }
+    }
+    behind
 }
 
 /// On the leader: retires the old root once every member has moved and the grace period is
@@ -285,6 +344,9 @@ async fn supervise_once(consensus: &Consensus, store: &Store) -> Result<(), Rota
         let now = now_unix();
         if !rotation.grace_over(now)
             || !members_not_on(store, consensus, &rotation.new_root_name)?.is_empty()
+            || !members_not_presenting(consensus, &rotation.new_root_name)
+                .await
+                .is_empty()
         {
             return Ok(());
         }

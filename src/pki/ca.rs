@@ -159,6 +159,15 @@ impl ClusterCa {
         &self.common_name
     }
 
+    /// This root's generation, from its CN: 1 for "Bulwark Root CA", N for "Bulwark Root CA N"
+    /// (a root of another name counts as 1).
+    pub fn generation(&self) -> u32 {
+        self.common_name
+            .strip_prefix(CA_COMMON_NAME)
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or(1)
+    }
+
     /// What follows every leaf this CA issues (see [`ClusterCa::with_chain`]).
     pub fn chain_pem(&self) -> &str {
         &self.chain_pem

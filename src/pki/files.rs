@@ -47,10 +47,13 @@ pub fn replace_key_pair(
     cert_path: &Path,
     cert_pem: &str,
 ) -> io::Result<()> {
+    // Each step durable before the next, so the files a crash leaves tell how far it got.
     write_pending(&pending(key_path), key_pem.as_bytes(), true)?;
+    sync_parent(key_path)?;
     write_pending(&pending(cert_path), cert_pem.as_bytes(), false)?;
     sync_parent(cert_path)?;
     std::fs::rename(pending(key_path), key_path)?;
+    sync_parent(key_path)?;
     std::fs::rename(pending(cert_path), cert_path)?;
     sync_parent(cert_path)
 }

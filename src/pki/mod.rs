@@ -44,8 +44,8 @@ pub use files::{finish_interrupted_replace, replace_file, replace_key_pair, writ
 pub use identity::{identity_of, PeerIdentity, Role};
 pub use pem::{certs_from_pem, der_to_pem, first_cert_der};
 pub use tls::{
-    anonymous_client_tls_config, client_tls_config, peer_server_tls_config, server_tls_config,
-    unverified_client_tls_config, LiveIdentity, LiveTrust,
+    anonymous_client_tls_config, client_tls_config, peer_server_tls_config, presented_identity,
+    server_name_of, server_tls_config, unverified_client_tls_config, LiveIdentity, LiveTrust,
 };
 pub use token::{ca_digest, der_digest, JoinToken};
 

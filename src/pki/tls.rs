@@ -438,6 +438,43 @@ pub fn client_tls_config(
     Ok(Arc::new(config))
 }
 
+/// The name to verify a server at `address` (HOST:PORT, `[v6]:PORT`) against.
+pub fn server_name_of(address: &str) -> Result<ServerName<'static>, PkiError> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| PkiError::InvalidHost(host.to_string()))
+}
+
+/// Who the server at `address` (HOST:PORT) is: the leaf it presents in a handshake verified with
+/// `tls`, within `timeout`.
+pub async fn presented_identity(
+    address: &str,
+    tls: Arc<ClientConfig>,
+    timeout: std::time::Duration,
+) -> Result<super::PeerIdentity, String> {
+    let name = server_name_of(address).map_err(|e| e.to_string())?;
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+    };
+    let stream = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| format!("{address}: TLS handshake timed out"))?
+        .map_err(|e| format!("{address}: {e}"))?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| format!("{address}: presented no certificate"))?;
+    super::identity_of(leaf.as_ref()).map_err(|e| e.to_string())
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -353,6 +353,14 @@ impl Consensus {
             .map_err(|_| ProposeError::Timeout)
     }
 
+    /// The certificate the member at `peer_addr` presents on its peer port right now.
+    pub async fn presented_identity(
+        &self,
+        peer_addr: &str,
+    ) -> Result<crate::pki::PeerIdentity, String> {
+        self.tls.presented_identity(peer_addr).await
+    }
+
     /// The current Raft term, for response headers (cheap: no copy of the metrics).
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term

@@ -38,13 +38,7 @@ pub fn tls_channel(address: &str, tls: Arc<rustls::ClientConfig>) -> Channel {
         async move {
             let tcp = tokio::net::TcpStream::connect(&address).await?;
             tcp.set_nodelay(true)?;
-            let host = address
-                .rsplit_once(':')
-                .map_or(address.as_str(), |(host, _)| host)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                .map_err(std::io::Error::other)?;
+            let name = pki::server_name_of(&address).map_err(std::io::Error::other)?;
             let stream = connector.connect(name, tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
@@ -77,6 +71,11 @@ impl PeerTls {
                 Default::default(),
             ))),
         })
+    }
+
+    /// The certificate the member at `peer_addr` (HOST:PORT) presents now.
+    pub async fn presented_identity(&self, peer_addr: &str) -> Result<pki::PeerIdentity, String> {
+        pki::presented_identity(peer_addr, self.tls.clone(), CONNECT_TIMEOUT).await
     }
 
     /// A client for the member at `peer_addr` (HOST:PORT); connects on first use and

@@ -66,9 +66,11 @@ impl Join for JoinService {
                 "{ADMIN_NAME:?} is the admin identity: a client token cannot obtain it"
             )));
         }
+        let issuer = identities::rotation::issuer(&self.store, &self.ca)
+            .map_err(crate::api::admin::rotation_status)?;
         let client_cert_pem = identities::issue_client(
             &self.consensus,
-            &self.ca.issuer(),
+            &issuer,
             &request.name,
             &request.csr_pem,
             identities::CLIENT_CERT_TTL,

@@ -214,6 +214,11 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
 
     create_private_dir(&data.raft())?;
     let store = Arc::new(Store::open(&data.mvcc_db())?);
+    if let Err(error) = renewal::follow_rotation(&data, &store, &authority) {
+        // Not fatal: the member may still serve its peers and be removed; `renewal` says it
+        // again.
+        tracing::error!(%error, "CA rotation: cannot follow it");
+    }
     let log = LogStore::open(&data.raft_log())?;
     let peer_tls = PeerTls::new(authority.trust(), &live_identity)?;
     let member_id = config.member_id()?;
@@ -350,14 +355,17 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
             store: store.clone(),
             ca: authority.clone(),
         }));
-    let store_for_deny = store;
-    let deny: Arc<dyn transport::DenyList> = Arc::new(ReplicatedDenyList(store_for_deny));
+    let deny: Arc<dyn transport::DenyList> = Arc::new(ReplicatedDenyList {
+        store,
+        consensus: consensus.clone(),
+    });
     let clients = transport::serve_tls(
         client_listener,
         tls,
         client_router,
         deny.clone(),
         authority.trust().clone(),
+        transport::Admission::IssuedOnly,
         wait_stop(stopped.clone()),
     );
     let peers = transport::serve_tls(
@@ -366,6 +374,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         peer_router,
         deny,
         authority.trust().clone(),
+        transport::Admission::AnyTrusted,
         wait_stop(stopped),
     );
     let signal = async {
@@ -403,12 +412,34 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
     Ok(())
 }
 
-/// The deny list in the replicated cluster settings (removed members, revoked identities).
-struct ReplicatedDenyList(Arc<Store>);
+/// The deny list and the identity registry in the replicated cluster settings.
+struct ReplicatedDenyList {
+    store: Arc<Store>,
+    consensus: Arc<Consensus>,
+}
 
 impl transport::DenyList for ReplicatedDenyList {
+    fn is_issued<'a>(&'a self, serial_hex: &'a str) -> futures::future::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let known = || {
+                identities::issued(&self.store, serial_hex).unwrap_or_else(|error| {
+                    tracing::error!(%error, "reading the identity registry failed");
+                    None
+                })
+            };
+            if known().is_some() {
+                return true;
+            }
+            // Issued a moment ago and not applied here yet, or never issued: ask the cluster.
+            self.consensus.read_barrier().await.is_ok() && known().is_some()
+        })
+    }
+
     fn is_denied(&self, serial_hex: &str) -> bool {
-        match self.0.setting(&crate::identities::deny_setting(serial_hex)) {
+        match self
+            .store
+            .setting(&crate::identities::deny_setting(serial_hex))
+        {
             Ok(entry) => entry.is_some(),
             Err(error) => {
                 // Fail closed: a member that cannot read its state cannot vouch for anyone.

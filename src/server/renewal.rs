@@ -69,7 +69,7 @@ impl Renewal {
         let mut due = identities::renewal_time(identities::issued_at(&current), current.not_after);
         let mut last_rotation_error = String::new();
         loop {
-            match self.follow_rotation() {
+            match follow_rotation(&self.data, &self.store, &self.authority) {
                 Ok(()) => last_rotation_error.clear(),
                 Err(error) => {
                     // Said once, not every CHECK.
@@ -109,30 +109,6 @@ impl Renewal {
                 }
             }
         }
-    }
-
-    /// Takes into use the issuing CA and trusted roots the rotation record asks for, if they
-    /// differ from the current ones: data directory first, then the live configuration.
-    fn follow_rotation(&self) -> Result<(), ServerError> {
-        let Some(rotation) = rotation::current(&self.store)? else {
-            return Ok(());
-        };
-        let issuer = self.authority.issuer();
-        let Some((new_issuer, roots)) = rotation.target(&issuer, &self.authority.roots_pem())?
-        else {
-            return Ok(());
-        };
-        replace_file(&self.data.ca_cert(), roots.as_bytes(), false)?;
-        if new_issuer.key_pem() != issuer.key_pem() {
-            replace_file(&self.data.ca_key(), new_issuer.key_pem().as_bytes(), true)?;
-        }
-        tracing::info!(
-            issuer = %new_issuer.common_name(),
-            rotating = rotation.is_rotating(),
-            "CA rotation: took the new issuing CA and trusted roots into use"
-        );
-        self.authority.replace(new_issuer, &roots)?;
-        Ok(())
     }
 
     /// The admin identity `init` wrote to `DATA/admin`, if it is still there: re-issued from the
@@ -201,6 +177,35 @@ impl Renewal {
         self.identity.replace(&renewed)?;
         Ok(identity)
     }
+}
+
+/// Takes into use the issuing CA and trusted roots the rotation record asks for, if they differ
+/// from the current ones: data directory first, then the live configuration. Also run once at
+/// start-up, before serving, so a member restarted mid-rotation hands out the cross-signed chain
+/// from its first certificate on.
+pub fn follow_rotation(
+    data: &DataDir,
+    store: &Store,
+    authority: &Authority,
+) -> Result<(), ServerError> {
+    let Some(rotation) = rotation::current(store)? else {
+        return Ok(());
+    };
+    let issuer = authority.issuer();
+    let Some((new_issuer, roots)) = rotation.target(&issuer, &authority.roots_pem())? else {
+        return Ok(());
+    };
+    replace_file(&data.ca_cert(), roots.as_bytes(), false)?;
+    if new_issuer.key_pem() != issuer.key_pem() {
+        replace_file(&data.ca_key(), new_issuer.key_pem().as_bytes(), true)?;
+    }
+    tracing::info!(
+        issuer = %new_issuer.common_name(),
+        rotating = rotation.is_rotating(),
+        "CA rotation: took the new issuing CA and trusted roots into use"
+    );
+    authority.replace(new_issuer, &roots)?;
+    Ok(())
 }
 
 /// Replaces a certificate and its key (see [`pki::replace_key_pair`]).

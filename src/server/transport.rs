@@ -39,15 +39,33 @@ struct LiveConnection {
     serial: String,
     /// The chain it presented, leaf first: checked again when the trusted roots change.
     chain: Vec<CertificateDer<'static>>,
+    /// The trust epoch its chain was last verified under (taken before its handshake began, so
+    /// a handshake that straddles a change of roots is verified again).
+    epoch: u64,
     /// Weak: a closed connection drops out.
     revocation: Weak<Revocation>,
 }
 
 type LiveConnections = Arc<Mutex<Vec<LiveConnection>>>;
 
-/// Whether a certificate (by serial, hex) may no longer be used.
+/// What the cluster knows about certificates (by serial, hex).
 pub trait DenyList: Send + Sync + 'static {
+    /// Whether the certificate may no longer be used.
     fn is_denied(&self, serial_hex: &str) -> bool;
+    /// Whether the cluster issued the certificate (it is in the identity registry), once this
+    /// member has caught up with the cluster if it did not know it yet.
+    fn is_issued<'a>(&'a self, serial_hex: &'a str) -> futures::future::BoxFuture<'a, bool>;
+}
+
+/// Which certificates a listener admits besides chaining to a trusted root and not being denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Only certificates the cluster issued (the client port): one signed with a leaked CA key
+    /// outside the cluster is refused even while that root is still trusted.
+    IssuedOnly,
+    /// Any certificate from a trusted root (the peer port: a joining member must accept the
+    /// leader before it has the registry that lists the leader's certificate).
+    AnyTrusted,
 }
 
 /// Serves `router` on `listener` over TLS until `shutdown` completes, then finishes the requests
@@ -58,6 +76,7 @@ pub async fn serve_tls(
     router: Router,
     deny: Arc<dyn DenyList>,
     trust: Arc<pki::LiveTrust>,
+    admission: Admission,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (connections, incoming) = mpsc::channel::<Result<Revocable, std::io::Error>>(64);
@@ -68,9 +87,11 @@ pub async fn serve_tls(
         acceptor,
         connections,
         deny.clone(),
+        trust.clone(),
+        admission,
         live.clone(),
     ));
-    let sweeping = tokio::spawn(sweep(deny, trust, live));
+    let sweeping = tokio::spawn(sweep(deny, trust.clone(), live.clone()));
     // Stop accepting and sweeping when serving ends, or when the caller gives up on a graceful
     // end and drops this future.
     let _tasks = (AbortOnDrop(accepting), AbortOnDrop(sweeping));
@@ -84,6 +105,8 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<Result<Revocable, std::io::Error>>,
     deny: Arc<dyn DenyList>,
+    trust: Arc<pki::LiveTrust>,
+    admission: Admission,
     live: LiveConnections,
 ) {
     loop {
@@ -101,6 +124,7 @@ async fn accept_loop(
         let connections = connections.clone();
         let deny = deny.clone();
         let live = live.clone();
+        let epoch = trust.epoch();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -119,6 +143,10 @@ async fn accept_loop(
                     tracing::info!(%peer, %serial, "refused a denied certificate");
                     return;
                 }
+                if admission == Admission::IssuedOnly && !deny.is_issued(serial).await {
+                    tracing::warn!(%peer, %serial, "refused a certificate the cluster never issued");
+                    return;
+                }
             }
             let revocation = Arc::new(Revocation::default());
             if let Some((serial, chain)) = presented {
@@ -126,6 +154,7 @@ async fn accept_loop(
                 live.push(LiveConnection {
                     serial,
                     chain,
+                    epoch,
                     revocation: Arc::downgrade(&revocation),
                 });
             }
@@ -143,12 +172,9 @@ async fn accept_loop(
 /// trusted roots changed, no longer trusted.
 async fn sweep(deny: Arc<dyn DenyList>, trust: Arc<pki::LiveTrust>, live: LiveConnections) {
     let mut ticker = tokio::time::interval(REVOCATION_SWEEP);
-    let mut checked_epoch = trust.epoch();
     loop {
         ticker.tick().await;
         let epoch = trust.epoch();
-        let roots_changed = epoch != checked_epoch;
-        checked_epoch = epoch;
         let snapshot: Vec<(
             String,
             Option<Vec<CertificateDer<'static>>>,
@@ -156,9 +182,11 @@ async fn sweep(deny: Arc<dyn DenyList>, trust: Arc<pki::LiveTrust>, live: LiveCo
         )> = {
             let mut live = live.lock().expect("live connection list lock");
             live.retain(|connection| connection.revocation.strong_count() > 0);
-            live.iter()
+            live.iter_mut()
                 .filter_map(|connection| {
-                    let chain = roots_changed.then(|| connection.chain.clone());
+                    // Verified again under the current roots, once per change of roots.
+                    let chain = (connection.epoch != epoch).then(|| connection.chain.clone());
+                    connection.epoch = epoch;
                     Some((
                         connection.serial.clone(),
                         chain,
