@@ -1,8 +1,9 @@
 //! Proposal batching: client writes that arrive while earlier ones are still in consensus share
 //! one Raft entry, so one log append (one fsync on every member) and one apply transaction carry
-//! them all. This is Bulwark's group commit: openraft 0.9 appends (and fsyncs) each entry it is
-//! given before it looks at the next, so without batching every write would pay its own fsync on
-//! the leader.
+//! them all. This is Bulwark's group commit: every entry costs a log transaction, an
+//! AppendEntries to each follower and an apply transaction on every member, so without batching
+//! every write would pay all of them (and openraft 0.9 as published fsyncs each entry on the
+//! leader before it looks at the next).
 //!
 //! A single client never waits for company: a write that finds nothing queued goes out alone at
 //! once. Only while [`IN_FLIGHT_ENTRIES`] entries are already in consensus do new writes queue,
