@@ -437,8 +437,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut appended = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(write_error)?;
-            appended.push((entry.clone(), bytes.len()));
+            let size = bytes.len();
             encoded.push((entry.log_id.index, bytes));
+            appended.push((entry, size));
         }
         let Some(last) = appended.last().map(|(entry, _)| entry.log_id) else {
             callback.log_io_completed(Ok(()));
