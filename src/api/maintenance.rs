@@ -189,12 +189,13 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        // One consistent read of the whole store, then sent in chunks; the snapshot format ends
+        // One consistent read of the whole store (but the join tokens and the CA rotation
+        // record: a backup is not where secrets belong), then sent in chunks; the format ends
         // with its own sha256 (see `mvcc::snapshot`), which `bulwark snapshot restore` checks.
         let store = self.0.store.clone();
         let bytes = tokio::task::spawn_blocking(move || {
             let mut bytes = Vec::new();
-            store.write_snapshot(&mut bytes).map(|_| bytes)
+            store.write_backup(&mut bytes).map(|_| bytes)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

@@ -70,7 +70,7 @@ fn dump<K, V>(
     out: &mut impl Write,
     tag: u8,
     definition: TableDefinition<K, V>,
-    mut encode: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> (Vec<u8>, Vec<u8>),
+    mut encode: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<(), SnapshotError>
 where
     K: redb::Key + 'static,
@@ -79,8 +79,10 @@ where
     let table = txn.open_table(definition).map_err(MvccError::from)?;
     for row in table.iter().map_err(MvccError::from)? {
         let (key, value) = row.map_err(MvccError::from)?;
-        let (key, value) = encode(key.value(), value.value());
-        write_record(out, tag, &key, &value)?;
+        // `None`: a row left out of this snapshot.
+        if let Some((key, value)) = encode(key.value(), value.value()) {
+            write_record(out, tag, &key, &value)?;
+        }
     }
     Ok(())
 }
@@ -95,8 +97,24 @@ fn write_record(out: &mut impl Write, table: u8, key: &[u8], value: &[u8]) -> st
 
 impl Store {
     /// Writes a snapshot of the whole store as of one instant to `out`, and returns the
-    /// `consensus` position that instant had.
+    /// `consensus` position that instant had. This is what Raft sends a member that is behind.
     pub fn write_snapshot(&self, out: impl Write) -> Result<Option<Vec<u8>>, SnapshotError> {
+        self.write_snapshot_keeping(out, |_| true)
+    }
+
+    /// A snapshot for backups (`Maintenance.Snapshot`, `etcdctl snapshot save`): the whole store
+    /// but the cluster's secrets, which a restore drops anyway ([`Store::forget_cluster`]): the
+    /// join tokens and the CA rotation record (whose sealed key only a member needs).
+    pub fn write_backup(&self, out: impl Write) -> Result<(), SnapshotError> {
+        self.write_snapshot_keeping(out, |setting| !is_cluster_secret(setting))
+            .map(|_| ())
+    }
+
+    fn write_snapshot_keeping(
+        &self,
+        out: impl Write,
+        keep_setting: impl Fn(&str) -> bool,
+    ) -> Result<Option<Vec<u8>>, SnapshotError> {
         let mut position = None;
         let txn = self.db().begin_read().map_err(MvccError::from)?;
         // Raft purges its log behind a snapshot's position, so the store must not lose what the
@@ -108,7 +126,7 @@ impl Store {
             written: 0,
         };
         out.write_all(MAGIC)?;
-        let bytes = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+        let bytes = |k: &[u8], v: &[u8]| Some((k.to_vec(), v.to_vec()));
         dump(&txn, &mut out, TABLE_LATEST, LATEST, bytes)?;
         dump(&txn, &mut out, TABLE_HISTORY, HISTORY, bytes)?;
         dump(
@@ -119,23 +137,23 @@ impl Store {
             |(main, sub), key| {
                 let mut encoded = main.to_be_bytes().to_vec();
                 encoded.extend_from_slice(&sub.to_be_bytes());
-                (encoded, key.to_vec())
+                Some((encoded, key.to_vec()))
             },
         )?;
         dump(&txn, &mut out, TABLE_META, META, |name, value| {
-            (name.as_bytes().to_vec(), value.to_be_bytes().to_vec())
+            Some((name.as_bytes().to_vec(), value.to_be_bytes().to_vec()))
         })?;
         dump(&txn, &mut out, TABLE_CONSENSUS, CONSENSUS, |name, value| {
             if name == super::CONSENSUS_APPLIED {
                 position = Some(value.to_vec());
             }
-            (name.as_bytes().to_vec(), value.to_vec())
+            Some((name.as_bytes().to_vec(), value.to_vec()))
         })?;
         dump(&txn, &mut out, TABLE_SETTINGS, SETTINGS, |name, value| {
-            (name.as_bytes().to_vec(), value.to_vec())
+            keep_setting(name).then(|| (name.as_bytes().to_vec(), value.to_vec()))
         })?;
         dump(&txn, &mut out, TABLE_LEASES, LEASES, |id, ttl| {
-            (id.to_be_bytes().to_vec(), ttl.to_be_bytes().to_vec())
+            Some((id.to_be_bytes().to_vec(), ttl.to_be_bytes().to_vec()))
         })?;
         // The lease id is the record's key and the attached user key its value.
         dump(
@@ -143,7 +161,7 @@ impl Store {
             &mut out,
             TABLE_LEASE_KEYS,
             LEASE_KEYS,
-            |(id, key), ()| (id.to_be_bytes().to_vec(), key.to_vec()),
+            |(id, key), ()| Some((id.to_be_bytes().to_vec(), key.to_vec())),
         )?;
         out.write_all(&[END])?;
         let written = out.written;
@@ -259,11 +277,17 @@ impl Store {
             let mut settings = txn.open_table(SETTINGS)?;
             // Tokens pin the old cluster's secrets; a CA rotation record names roots the new
             // cluster may not have (a restore without `--keep-ca-from` makes a new CA).
-            settings.retain(|name, _| !name.starts_with("join-token/") && name != "ca/rotation")?;
+            settings.retain(|name, _| !is_cluster_secret(name))?;
         }
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Settings that tie a store to its cluster's secrets: the join tokens (they pin the CA and admit
+/// whoever holds them) and the CA rotation record (`identities::rotation::ROTATION_SETTING`).
+fn is_cluster_secret(setting: &str) -> bool {
+    setting.starts_with("join-token/") || setting == "ca/rotation"
 }
 
 /// One row of a snapshot: table tag, key, value.

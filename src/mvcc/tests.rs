@@ -618,3 +618,38 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
         Err(MvccError::LeaseNotFound)
     ));
 }
+
+#[test]
+fn a_backup_leaves_out_the_clusters_secrets_and_keeps_everything_else() {
+    let mut source = Fixture::new();
+    source.put("k", "v");
+    for (name, value) in [
+        ("join-token/manager", "token"),
+        ("ca/rotation", "{\"sealed_key\":\"...\"}"),
+        ("identity/00ff", "{}"),
+    ] {
+        source
+            .apply(command::Kind::SetSetting(
+                crate::proto::bulwarkpb::Setting {
+                    name: name.into(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            ))
+            .unwrap();
+    }
+    let mut backup = Vec::new();
+    source.store.write_backup(&mut backup).unwrap();
+    let text = String::from_utf8_lossy(&backup);
+    assert!(!text.contains("join-token") && !text.contains("sealed_key"));
+
+    let target = Fixture::new();
+    target.store.restore_snapshot(backup.as_slice()).unwrap();
+    assert_eq!(target.store.setting("join-token/manager").unwrap(), None);
+    assert_eq!(target.store.setting("ca/rotation").unwrap(), None);
+    assert!(target.store.setting("identity/00ff").unwrap().is_some());
+    assert_eq!(
+        target.get("k", "", 0).unwrap(),
+        source.get("k", "", 0).unwrap()
+    );
+}
