@@ -147,11 +147,7 @@ fn token(cluster: &Cluster, role: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_rotation_under_live_writers_fails_no_request_and_retires_the_old_root() {
     let mut cluster = Cluster::start(ClusterOptions::new(3));
-    let pids: Vec<_> = cluster
-        .members()
-        .iter()
-        .map(|member| member.pid_handle().load(Ordering::SeqCst))
-        .collect();
+    let pids = cluster.pids();
     let old_tokens = (token(&cluster, "manager"), token(&cluster, "client"));
     let dir = common::temp_dir();
 
@@ -264,11 +260,7 @@ async fn ca_rotation_under_live_writers_fails_no_request_and_retires_the_old_roo
         NEW_ROOT,
         "the member moved its admin identity"
     );
-    let now_pids: Vec<_> = cluster
-        .members()
-        .iter()
-        .map(|member| member.pid_handle().load(Ordering::SeqCst))
-        .collect();
+    let now_pids = cluster.pids();
     assert_eq!(pids, now_pids, "a member restarted");
 
     // Tokens changed and name the new root.

@@ -1293,11 +1293,7 @@ fn member_cert_serial(member: &common::Member) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_renew_their_certificates_by_themselves_while_writes_go_on() {
     let cluster = Cluster::start(ClusterOptions::new(3));
-    let pids: Vec<_> = cluster
-        .members()
-        .iter()
-        .map(|member| member.pid_handle().load(Ordering::SeqCst))
-        .collect();
+    let pids = cluster.pids();
     let first: Vec<String> = cluster.members().iter().map(member_cert_serial).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1343,11 +1339,7 @@ async fn members_renew_their_certificates_by_themselves_while_writes_go_on() {
         assert!(writer.await.expect("writer") > 0, "a writer wrote nothing");
     }
 
-    let now_pids: Vec<_> = cluster
-        .members()
-        .iter()
-        .map(|member| member.pid_handle().load(Ordering::SeqCst))
-        .collect();
+    let now_pids = cluster.pids();
     assert_eq!(pids, now_pids, "a member restarted");
     let status = cluster
         .member(1)

@@ -278,20 +278,17 @@ fn print_status(status: &CaStatusResponse) {
             })
             .collect()
     };
-    print!(
-        "{}",
-        bordered_table(
-            &["MEMBER", "SERIAL", "ISSUER", "EXPIRES", "STATE"],
-            &rows(&status.members),
-            usize::MAX
-        )
-    );
-    print!(
-        "{}",
-        bordered_table(
-            &["IDENTITY", "SERIAL", "ISSUER", "EXPIRES", "STATE"],
-            &rows(&status.identities),
-            usize::MAX
-        )
-    );
+    for (kind, listed) in [
+        ("MEMBER", &status.members),
+        ("IDENTITY", &status.identities),
+    ] {
+        print!(
+            "{}",
+            bordered_table(
+                &[kind, "SERIAL", "ISSUER", "EXPIRES", "STATE"],
+                &rows(listed),
+                usize::MAX
+            )
+        );
+    }
 }

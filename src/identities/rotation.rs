@@ -290,13 +290,7 @@ pub fn members_not_on(
                 && newest_member_certificate(&listed, *id, &node.cert_serial)
                     .is_none_or(|(issued, _)| issued.issuer != root_name)
         })
-        .map(|(id, node, _)| {
-            if node.name.is_empty() {
-                format!("{id:016x}")
-            } else {
-                node.name
-            }
-        })
+        .map(|(_, node, _)| node.name)
         .collect())
 }
 

@@ -252,6 +252,12 @@ struct LiveServerVerifier {
     trust: Arc<LiveTrust>,
 }
 
+impl LiveServerVerifier {
+    fn current(&self) -> Arc<WebPkiServerVerifier> {
+        self.trust.verifiers().server.clone()
+    }
+}
+
 impl ServerCertVerifier for LiveServerVerifier {
     fn verify_server_cert(
         &self,
@@ -261,7 +267,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.trust.verifiers().server.verify_server_cert(
+        self.current().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -276,10 +282,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
-            .verifiers()
-            .server
-            .verify_tls12_signature(message, cert, dss)
+        self.current().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -288,14 +291,11 @@ impl ServerCertVerifier for LiveServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
-            .verifiers()
-            .server
-            .verify_tls13_signature(message, cert, dss)
+        self.current().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust.verifiers().server.supported_verify_schemes()
+        self.current().supported_verify_schemes()
     }
 }
 

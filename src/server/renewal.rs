@@ -68,6 +68,7 @@ impl Renewal {
         };
         let mut due = identities::renewal_time(identities::issued_at(&current), current.not_after);
         let mut last_rotation_error = String::new();
+        let mut admin_checked_at = None;
         loop {
             match follow_rotation(&self.data, &self.store, &self.authority) {
                 Ok(()) => last_rotation_error.clear(),
@@ -80,8 +81,17 @@ impl Renewal {
                     }
                 }
             }
-            if let Err(error) = self.keep_admin_identity_current().await {
-                tracing::warn!(%error, "moving the admin identity in the data directory failed");
+            // The admin identity can only fall behind when the CA changes: looked at once per
+            // change of roots (and once at start), not read from disk every CHECK.
+            let epoch = self.authority.trust().epoch();
+            if admin_checked_at != Some(epoch) {
+                match self.keep_admin_identity_current().await {
+                    Ok(()) => admin_checked_at = Some(epoch),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "moving the admin identity in the data directory failed"
+                    ),
+                }
             }
             let now = SystemTime::now();
             // The cluster may ask for shorter lifetimes, or rotate its CA, at any time.

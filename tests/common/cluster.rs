@@ -238,6 +238,18 @@ impl Cluster {
             .clone()
             .expect("a cluster made by Cluster::start")
     }
+    /// Every member's current process id: unchanged across a step means no member restarted.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .map(|member| {
+                member
+                    .pid_handle()
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            })
+            .collect()
+    }
+
     /// The member id of member `index`, as it printed it.
     pub fn id(&self, index: usize) -> u64 {
         self.members[index]
