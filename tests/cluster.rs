@@ -599,6 +599,37 @@ async fn a_write_on_a_follower_is_read_linearizably_on_every_member() {
     }
 }
 
+/// etcd answers a write on the member that took it only once that member applied it, so a
+/// client reads its own write there even serializably. Concurrent writers make the follower
+/// forward several writes in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_a_follower_is_answered_once_that_follower_applied_it() {
+    let cluster = Cluster::start(ClusterOptions::new(3));
+    let leader = cluster.wait_leader(&[0, 1, 2]);
+    let follower = cluster.others(leader)[0];
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let mut client = cluster.member(follower).client().await;
+        writers.push(tokio::spawn(async move {
+            for round in 0..25 {
+                let key = format!("own-{writer}-{round}");
+                let revision = put(&mut client, &key, "v").await;
+                let response = client
+                    .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+                    .await
+                    .unwrap_or_else(|e| panic!("serializable get {key}: {e}"));
+                let kv = response.kvs().first().unwrap_or_else(|| {
+                    panic!("{key}, acknowledged at revision {revision}, is not on its member")
+                });
+                assert_eq!(kv.mod_revision(), revision, "{key}");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("a writer panicked");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The peer port
 

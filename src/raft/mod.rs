@@ -19,6 +19,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod batch;
+mod batching;
+mod forward;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
@@ -67,6 +69,7 @@ impl std::fmt::Display for MemberNode {
 /// own command (several when concurrent writes were batched into one entry, see [`batch`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
+    #[serde(with = "byte_strings")]
     pub commands: Vec<Vec<u8>>,
 }
 
@@ -76,11 +79,38 @@ impl std::fmt::Display for Request {
     }
 }
 
+/// A command applied: the log index of its entry and its encoded `bulwarkpb.CommandResult`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub index: u64,
+    pub result: Vec<u8>,
+}
+
 /// What applying an entry produced: one encoded `bulwarkpb.CommandResult` per command of its
 /// [`Request`] (none for entries that carry no command).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reply {
+    #[serde(with = "byte_strings")]
     pub results: Vec<Vec<u8>>,
+}
+
+/// A list of byte strings as serde byte strings: bincode writes each as its length and one copy
+/// of its bytes (the same encoding as a sequence of `u8`, so stored logs still read), where the
+/// derived form walks every byte as its own value.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(strings: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(strings.iter().map(|bytes| Bytes::new(bytes)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let strings = Vec::<ByteBuf>::deserialize(deserializer)?;
+        Ok(strings.into_iter().map(ByteBuf::into_vec).collect())
+    }
 }
 
 openraft::declare_raft_types!(
@@ -157,6 +187,7 @@ pub struct Consensus {
     pub id: NodeId,
     pub store: Arc<Store>,
     batcher: batch::ProposalBatcher,
+    forwarder: forward::ForwardBatcher,
     reads: read_index::ReadIndexBatcher,
     tls: PeerTls,
     timings: RaftTimings,
@@ -194,6 +225,7 @@ impl Consensus {
             .map_err(|e| ProposeError::Peer(e.to_string()))?;
         Ok(Consensus {
             batcher: batch::ProposalBatcher::start(raft.clone()),
+            forwarder: forward::ForwardBatcher::start(tls.clone(), REQUEST_TIMEOUT),
             reads: read_index::ReadIndexBatcher::start(raft.clone()),
             raft,
             id,
@@ -223,17 +255,19 @@ impl Consensus {
 
     /// Proposes a command and waits until it is committed and applied, wherever the leader is.
     pub async fn propose(&self, kind: command::Kind) -> Result<CommandResponse, ProposeError> {
-        let result = self.propose_encoded(encode_command(kind), true).await?;
-        decode_result(&result).map_err(ProposeError::Rejected)
+        let applied = self.propose_encoded(encode_command(kind), true).await?;
+        decode_result(&applied.result).map_err(ProposeError::Rejected)
     }
 
-    /// Proposes an encoded command; returns the encoded result. A follower forwards it to the
-    /// leader when `may_forward` (a forwarded proposal is never forwarded again).
+    /// Proposes an encoded command; returns its encoded result once it is applied on this member
+    /// (as etcd answers: a client then reads its own write here, even a serializable read). A
+    /// follower forwards it to the leader when `may_forward` (a forwarded proposal is never
+    /// forwarded again).
     pub async fn propose_encoded(
         &self,
         command: Vec<u8>,
         may_forward: bool,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Applied, ProposeError> {
         let attempt = async {
             let deadline = tokio::time::Instant::now() + LEADER_WAIT;
             let forward_deadline = tokio::time::Instant::now() + FORWARD_WAIT;
@@ -243,15 +277,11 @@ impl Consensus {
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                         match self.leader_node(&forward) {
                             Some(leader) if may_forward => {
-                                match network::forward_proposal(
-                                    &self.tls,
-                                    &leader,
-                                    command.clone(),
-                                    REQUEST_TIMEOUT,
-                                )
-                                .await
-                                {
-                                    Ok(result) => return Ok(result),
+                                match self.forwarder.forward(leader, command.clone()).await {
+                                    Ok(applied) => {
+                                        self.applied_here(applied.index).await?;
+                                        return Ok(applied);
+                                    }
                                     // The leader it knew is gone (or has none yet): the write
                                     // never reached a leader, so waiting for the next one is
                                     // safe.
@@ -345,12 +375,21 @@ impl Consensus {
                 None => return Err(ProposeError::NoLeader),
             }
         };
-        self.raft
-            .wait(Some(REQUEST_TIMEOUT))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-            .map(|_| ())
-            .map_err(|_| ProposeError::Timeout)
+        self.applied_here(index).await
+    }
+
+    /// Waits until this member has applied the log up to `index`.
+    async fn applied_here(&self, index: u64) -> Result<(), ProposeError> {
+        let mut metrics = self.raft.metrics();
+        // `wait_for` looks at the metrics in place: openraft's own `Wait` clones them on every
+        // change, for every waiter.
+        let applied = metrics.wait_for(|m| m.last_applied.is_some_and(|id| id.index >= index));
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, applied).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::Timeout),
+        };
+        outcome
     }
 
     /// The certificate the member at `peer_addr` presents on its peer port right now.
@@ -637,5 +676,26 @@ fn status_to_error(status: tonic::Status) -> ProposeError {
         ProposeError::Membership(message.to_string())
     } else {
         ProposeError::Peer(format!("{}: {message}", status.code()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reply, Request};
+
+    /// Logs written before commands were encoded as byte strings must still read: bincode gives
+    /// a byte string and a sequence of `u8` the same bytes.
+    #[test]
+    fn commands_encode_as_a_list_of_u8_sequences_did() {
+        let commands = vec![b"first".to_vec(), Vec::new(), vec![0, 255, 7]];
+        let as_sequences = bincode::serialize(&commands).unwrap();
+        let request = Request {
+            commands: commands.clone(),
+        };
+        assert_eq!(bincode::serialize(&request).unwrap(), as_sequences);
+        let read: Request = bincode::deserialize(&as_sequences).unwrap();
+        assert_eq!(read.commands, commands);
+        let reply: Reply = bincode::deserialize(&as_sequences).unwrap();
+        assert_eq!(reply.results, commands);
     }
 }

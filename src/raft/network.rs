@@ -17,10 +17,12 @@ use std::sync::Arc;
 
 use tonic::transport::{Channel, Endpoint};
 
-use super::{MemberNode, NodeId, TypeConfig};
+use super::{Applied, MemberNode, NodeId, TypeConfig};
 use crate::pki::{self, PkiError};
 use crate::proto::bulwarkpb::peer_client::PeerClient;
-use crate::proto::bulwarkpb::{CampaignRequest, ProposeRequest, RaftPayload, ReadIndexRequest};
+use crate::proto::bulwarkpb::{
+    propose_outcome, CampaignRequest, ProposeOutcome, ProposeRequest, RaftPayload, ReadIndexRequest,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -215,19 +217,38 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// Forwards an encoded command to the leader; returns the encoded result.
-pub async fn forward_proposal(
+/// Forwards encoded commands to the leader in one call; returns each one's outcome (applied on
+/// the leader, or the status the leader answered for it), in order.
+pub async fn forward_proposals(
     tls: &PeerTls,
     leader: &MemberNode,
-    command: Vec<u8>,
+    commands: Vec<Vec<u8>>,
     timeout: Duration,
-) -> Result<Vec<u8>, tonic::Status> {
+) -> Result<Vec<Result<Applied, tonic::Status>>, tonic::Status> {
     let mut client = tls
         .client(&leader.peer_addr)
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(ProposeRequest { command });
+    let mut request = tonic::Request::new(ProposeRequest { commands });
     request.set_timeout(timeout);
-    Ok(client.propose(request).await?.into_inner().result)
+    let outcomes = client.propose(request).await?.into_inner().outcomes;
+    Ok(outcomes.into_iter().map(outcome_result).collect())
+}
+
+/// A forwarded command's outcome as the leader's own answer would have been.
+fn outcome_result(outcome: ProposeOutcome) -> Result<Applied, tonic::Status> {
+    match outcome.outcome {
+        Some(propose_outcome::Outcome::Applied(applied)) => Ok(Applied {
+            index: applied.index,
+            result: applied.result,
+        }),
+        Some(propose_outcome::Outcome::Failure(failure)) => Err(tonic::Status::new(
+            tonic::Code::from(failure.code),
+            failure.message,
+        )),
+        None => Err(tonic::Status::internal(
+            "the leader answered a forwarded command with nothing",
+        )),
+    }
 }
 
 /// Asks the leader for the index a linearizable read must wait for.

@@ -11,8 +11,9 @@ use super::{Consensus, NodeId, TypeConfig};
 use crate::pki::{self, Role};
 use crate::proto::bulwarkpb::peer_server::Peer;
 use crate::proto::bulwarkpb::{
-    CampaignRequest, CampaignResponse, ChangeMembershipResponse, LeaseAnswer, LeaseQuery,
-    ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    propose_outcome, CampaignRequest, CampaignResponse, ChangeMembershipResponse, LeaseAnswer,
+    LeaseQuery, ProposeApplied, ProposeFailure, ProposeOutcome, ProposeRequest, ProposeResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 
 pub struct PeerService {
@@ -97,9 +98,32 @@ impl Peer for PeerService {
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         self.require_member(&request)?;
-        let command = request.into_inner().command;
-        let result = self.consensus.propose_encoded(command, false).await?;
-        Ok(Response::new(ProposeResponse { result }))
+        // Polled in order, so the commands join the leader's proposal queue in the order sent.
+        let proposals = request
+            .into_inner()
+            .commands
+            .into_iter()
+            .map(|command| self.consensus.propose_encoded(command, false));
+        let outcomes = futures::future::join_all(proposals)
+            .await
+            .into_iter()
+            .map(|outcome| ProposeOutcome {
+                outcome: Some(match outcome {
+                    Ok(applied) => propose_outcome::Outcome::Applied(ProposeApplied {
+                        index: applied.index,
+                        result: applied.result,
+                    }),
+                    Err(error) => {
+                        let status = Status::from(error);
+                        propose_outcome::Outcome::Failure(ProposeFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(ProposeResponse { outcomes }))
     }
 
     async fn change_membership(

@@ -53,6 +53,7 @@ fn read_position(bytes: Option<Vec<u8>>) -> StoreResult<Position> {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, MemberNode>,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 

@@ -22,6 +22,9 @@ use crate::RaftTypeConfig;
 use crate::Snapshot;
 use crate::StorageError;
 
+/// BULWARK: at most this many log entries are gathered into one state machine apply.
+const MAX_MERGED_APPLY_ENTRIES: usize = 4096;
+
 pub(crate) struct Worker<C, SM>
 where
     C: RaftTypeConfig,
@@ -30,6 +33,9 @@ where
     state_machine: SM,
 
     cmd_rx: mpsc::UnboundedReceiver<Command<C>>,
+
+    /// BULWARK: a command received while gathering queued applies, to run next.
+    next_cmd: Option<Command<C>>,
 
     resp_tx: mpsc::UnboundedSender<Notify<C>>,
 }
@@ -46,6 +52,7 @@ where
         let worker = Worker {
             state_machine,
             cmd_rx,
+            next_cmd: None,
             resp_tx,
         };
 
@@ -74,7 +81,10 @@ where
     #[tracing::instrument(level = "debug", skip_all)]
     async fn worker_loop(&mut self) -> Result<(), StorageError<C::NodeId>> {
         loop {
-            let cmd = self.cmd_rx.recv().await;
+            let cmd = match self.next_cmd.take() {
+                Some(cmd) => Some(cmd),
+                None => self.cmd_rx.recv().await,
+            };
             let cmd = match cmd {
                 None => {
                     tracing::info!("{}: rx closed, state machine worker quit", func_name!());
@@ -117,9 +127,34 @@ where
                     let _ = tx.send(Ok(snapshot_data));
                     // No response to RaftCore
                 }
-                CommandPayload::Apply { entries } => {
+                CommandPayload::Apply { mut entries } => {
+                    // BULWARK: the applies queued behind this one go into the same state machine
+                    // call (one storage transaction), answered as one result under the last
+                    // command's seq: the core only needs finished_sm_seq to advance in order,
+                    // and handle_apply_result walks `since..end`, which stays contiguous.
+                    let mut seq = cmd.seq;
+                    while entries.len() < MAX_MERGED_APPLY_ENTRIES {
+                        let Ok(queued) = self.cmd_rx.try_recv() else {
+                            break;
+                        };
+                        let contiguous = match (&queued.payload, entries.last()) {
+                            (CommandPayload::Apply { entries: more }, Some(last)) => {
+                                more.first().map(|e| e.get_log_id().index) == Some(last.get_log_id().index + 1)
+                            }
+                            _ => false,
+                        };
+                        if !contiguous {
+                            self.next_cmd = Some(queued);
+                            break;
+                        }
+                        let CommandPayload::Apply { entries: more } = queued.payload else {
+                            unreachable!("checked above")
+                        };
+                        entries.extend(more);
+                        seq = queued.seq;
+                    }
                     let resp = self.apply(entries).await?;
-                    let res = CommandResult::new(cmd.seq, Ok(Response::Apply(resp)));
+                    let res = CommandResult::new(seq, Ok(Response::Apply(resp)));
                     let _ = self.resp_tx.send(Notify::sm(res));
                 }
             };
