@@ -5,7 +5,8 @@
 //!
 //! Invariants:
 //! - items of one batch keep the order they were queued in, and share one [`Limits::group`] key;
-//! - every queued item gets exactly one answer: its own outcome, or its batch's error.
+//! - every queued item gets exactly one answer: its own outcome, or its batch's error; an item
+//!   whose caller stopped waiting before its batch formed is dropped unsent.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,11 +58,19 @@ pub(super) async fn run<T, K, R, E, Send, Sent>(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        // A caller that gave up (its request timed out or was cancelled) is not sent for: its
+        // write was never handed on, and handing it on now could apply it after writes its
+        // client made since.
+        if first.answer.is_closed() {
+            drop(permit);
+            continue;
+        }
         let group = (limits.group)(&first.item);
         let mut bytes = (limits.bytes_of)(&first.item);
         let mut batch = vec![first];
         while batch.len() < limits.max_items && bytes < limits.max_bytes {
             match queued.try_recv() {
+                Ok(next) if next.answer.is_closed() => {}
                 Ok(next) if (limits.group)(&next.item) == group => {
                     bytes += (limits.bytes_of)(&next.item);
                     batch.push(next);

@@ -1,6 +1,6 @@
 //! Forwarding batching: on a follower, client writes bound for the leader that arrive while
-//! earlier forwards are still out share one `Peer.Propose` call. Without it every forwarded write
-//! costs its own HTTP/2 request on the follower and on the leader, which under load is most of the
+//! earlier forwards are still out share one `Peer.ProposeBatch` call. Without it every forwarded
+//! write costs its own HTTP/2 request on the follower and on the leader, which under load is most of the
 //! writes (clients spread over the members send two thirds of them to followers on 3 members).
 //!
 //! A write that finds nothing queued goes out alone at once; only while [`IN_FLIGHT_CALLS`] calls
@@ -32,7 +32,7 @@ const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// A command and the leader it goes to.
 type Forward = (MemberNode, Vec<u8>);
 
-/// The queue in front of the leader's `Peer.Propose`; cheap to clone.
+/// The queue in front of the leader's `Peer.ProposeBatch`; cheap to clone.
 #[derive(Clone)]
 pub(super) struct ForwardBatcher {
     queue: mpsc::UnboundedSender<Queued<Forward, Applied, tonic::Status>>,
@@ -57,7 +57,15 @@ impl ForwardBatcher {
                     return;
                 };
                 let commands = forwards.map(|(_, command)| command).collect();
-                let outcome = network::forward_proposals(&tls, &leader, commands, timeout).await;
+                // Bounded here too: the request's grpc-timeout binds only the leader, and a call
+                // to a leader gone silent (no reset) would keep its permit, and every later
+                // forward queued behind it, for as long as TCP takes to give up.
+                let call = network::forward_proposals(&tls, &leader, commands, timeout);
+                let outcome = tokio::time::timeout(timeout, call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::unavailable("etcdserver: request timed out"))
+                    });
                 batching::answer_all(answers, outcome, |outcomes, commands| {
                     tonic::Status::internal(format!(
                         "the leader answered {outcomes} of {commands} forwarded commands"

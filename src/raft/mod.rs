@@ -260,28 +260,27 @@ impl Consensus {
     }
 
     /// Proposes an encoded command; returns its encoded result once it is applied on this member
-    /// (as etcd answers: a client then reads its own write here, even a serializable read). A
-    /// follower forwards it to the leader when `may_forward` (a forwarded proposal is never
-    /// forwarded again).
+    /// (as etcd answers: a client then reads its own write here, even a serializable read,
+    /// unless this member is more than the request timeout behind). A follower forwards it to
+    /// the leader when `may_forward` (a forwarded proposal is never forwarded again).
     pub async fn propose_encoded(
         &self,
         command: Vec<u8>,
         may_forward: bool,
     ) -> Result<Applied, ProposeError> {
+        let started = tokio::time::Instant::now();
+        // Ok((applied, forwarded)): forwarded when the leader applied it for this follower.
         let attempt = async {
             let deadline = tokio::time::Instant::now() + LEADER_WAIT;
             let forward_deadline = tokio::time::Instant::now() + FORWARD_WAIT;
             loop {
                 match self.batcher.write(command.clone()).await {
-                    Ok(result) => return Ok(result),
+                    Ok(applied) => return Ok((applied, false)),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                         match self.leader_node(&forward) {
                             Some(leader) if may_forward => {
                                 match self.forwarder.forward(leader, command.clone()).await {
-                                    Ok(applied) => {
-                                        self.applied_here(applied.index).await?;
-                                        return Ok(applied);
-                                    }
+                                    Ok(applied) => return Ok((applied, true)),
                                     // The leader it knew is gone (or has none yet): the write
                                     // never reached a leader, so waiting for the next one is
                                     // safe.
@@ -308,9 +307,23 @@ impl Consensus {
                 }
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        let (applied, forwarded) = tokio::time::timeout(REQUEST_TIMEOUT, attempt)
             .await
-            .unwrap_or(Err(ProposeError::Timeout))
+            .unwrap_or(Err(ProposeError::Timeout))?;
+        if forwarded {
+            // Answer once this member applied it too, within what is left of the request's
+            // time. A follower further behind than that still answers the success it knows of:
+            // the write is committed, and a timeout would only make the client write it again.
+            let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+            if let Err(error) = self.applied_here(applied.index, left).await {
+                tracing::warn!(
+                    index = applied.index,
+                    %error,
+                    "answering a forwarded write before this member applied it"
+                );
+            }
+        }
+        Ok(applied)
     }
 
     fn leader_node(&self, forward: &ForwardToLeader<NodeId, MemberNode>) -> Option<MemberNode> {
@@ -375,16 +388,16 @@ impl Consensus {
                 None => return Err(ProposeError::NoLeader),
             }
         };
-        self.applied_here(index).await
+        self.applied_here(index, REQUEST_TIMEOUT).await
     }
 
-    /// Waits until this member has applied the log up to `index`.
-    async fn applied_here(&self, index: u64) -> Result<(), ProposeError> {
+    /// Waits (at most `within`) until this member has applied the log up to `index`.
+    async fn applied_here(&self, index: u64, within: Duration) -> Result<(), ProposeError> {
         let mut metrics = self.raft.metrics();
         // `wait_for` looks at the metrics in place: openraft's own `Wait` clones them on every
         // change, for every waiter.
         let applied = metrics.wait_for(|m| m.last_applied.is_some_and(|id| id.index >= index));
-        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, applied).await {
+        let outcome = match tokio::time::timeout(within, applied).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(ProposeError::Stopped),
             Err(_) => Err(ProposeError::Timeout),

@@ -21,7 +21,8 @@ use super::{Applied, MemberNode, NodeId, TypeConfig};
 use crate::pki::{self, PkiError};
 use crate::proto::bulwarkpb::peer_client::PeerClient;
 use crate::proto::bulwarkpb::{
-    propose_outcome, CampaignRequest, ProposeOutcome, ProposeRequest, RaftPayload, ReadIndexRequest,
+    propose_outcome, CampaignRequest, ProposeBatchRequest, ProposeOutcome, RaftPayload,
+    ReadIndexRequest,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -228,9 +229,9 @@ pub async fn forward_proposals(
     let mut client = tls
         .client(&leader.peer_addr)
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(ProposeRequest { commands });
+    let mut request = tonic::Request::new(ProposeBatchRequest { commands });
     request.set_timeout(timeout);
-    let outcomes = client.propose(request).await?.into_inner().outcomes;
+    let outcomes = client.propose_batch(request).await?.into_inner().outcomes;
     Ok(outcomes.into_iter().map(outcome_result).collect())
 }
 

@@ -12,8 +12,8 @@ use crate::pki::{self, Role};
 use crate::proto::bulwarkpb::peer_server::Peer;
 use crate::proto::bulwarkpb::{
     propose_outcome, CampaignRequest, CampaignResponse, ChangeMembershipResponse, LeaseAnswer,
-    LeaseQuery, ProposeApplied, ProposeFailure, ProposeOutcome, ProposeRequest, ProposeResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    LeaseQuery, ProposeApplied, ProposeBatchRequest, ProposeBatchResponse, ProposeFailure,
+    ProposeOutcome, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 
 pub struct PeerService {
@@ -93,10 +93,10 @@ impl Peer for PeerService {
         encode(&self.consensus.raft.install_snapshot(rpc).await)
     }
 
-    async fn propose(
+    async fn propose_batch(
         &self,
-        request: Request<ProposeRequest>,
-    ) -> Result<Response<ProposeResponse>, Status> {
+        request: Request<ProposeBatchRequest>,
+    ) -> Result<Response<ProposeBatchResponse>, Status> {
         self.require_member(&request)?;
         // Polled in order, so the commands join the leader's proposal queue in the order sent.
         let proposals = request
@@ -123,7 +123,7 @@ impl Peer for PeerService {
                 }),
             })
             .collect();
-        Ok(Response::new(ProposeResponse { outcomes }))
+        Ok(Response::new(ProposeBatchResponse { outcomes }))
     }
 
     async fn change_membership(
