@@ -65,15 +65,12 @@ pub struct Revision {
 /// The revision of a store that has never been written, as etcd's.
 pub const FIRST_REVISION: i64 = 1;
 /// How stale the durable state may be behind the applied one; the Raft log covers the
-/// difference after a crash (a restart re-applies at most this much). etcd's backend commits
-/// every 100 ms, but its keyspace is keyed by revision, so a commit writes a few pages at the
-/// end of its B-tree; `latest` and `history` are keyed by key, so a durable commit writes every
-/// page the writes since the last one touched, wherever they are (~500 pages per 100 ms under
-/// 3,000 random puts/s). One second lets more writes share those pages: ~35% fewer bytes
-/// written per put (`docs/benchmarks.md`). Every apply waits while a durable commit runs (15 to
-/// 100 ms: redb writes out the freed-page records of the non-durable commits since the last one,
-/// then fsyncs), so at one second that wait was the puts' p99; every ten seconds it falls
-/// below it, with the same throughput and file size (`docs/benchmarks.md`).
+/// difference after a crash (a restart re-applies at most this much). Every apply waits while a
+/// durable commit runs (15 to 100 ms: redb writes out the freed-page records of the non-durable
+/// commits since the last one, the pages they touched, then fsyncs), so the interval sets how
+/// often writes stall: at 1 s that was the puts' p99, at 10 s it is below it, with the same
+/// throughput and file size (`docs/benchmarks.md`). etcd commits every 100 ms, but its bbolt is
+/// keyed by revision and writes a few pages at its end; `latest` and `history` are keyed by key.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");

@@ -52,20 +52,11 @@ impl ForwardBatcher {
         tokio::spawn(batching::run(queued, limits, move |forwards, answers| {
             let tls = tls.clone();
             async move {
-                let mut forwards = forwards.into_iter().peekable();
-                let Some((leader, _)) = forwards.peek().cloned() else {
+                let Some(leader) = forwards.first().map(|(leader, _)| leader.clone()) else {
                     return;
                 };
-                let commands = forwards.map(|(_, command)| command).collect();
-                // Bounded here too: the request's grpc-timeout binds only the leader, and a call
-                // to a leader gone silent (no reset) would keep its permit, and every later
-                // forward queued behind it, for as long as TCP takes to give up.
-                let call = network::forward_proposals(&tls, &leader, commands, timeout);
-                let outcome = tokio::time::timeout(timeout, call)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(tonic::Status::unavailable("etcdserver: request timed out"))
-                    });
+                let commands = forwards.into_iter().map(|(_, command)| command).collect();
+                let outcome = network::forward_proposals(&tls, &leader, commands, timeout).await;
                 batching::answer_all(answers, outcome, |outcomes, commands| {
                     tonic::Status::internal(format!(
                         "the leader answered {outcomes} of {commands} forwarded commands"

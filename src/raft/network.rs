@@ -218,6 +218,31 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
+/// One call to the member at `address`, bounded by `timeout` on both ends: the request's
+/// grpc-timeout binds the callee, and the same deadline here ends a call to a member gone silent
+/// without a reset, which would otherwise wait for as long as TCP takes to give up.
+async fn call_peer<M, R, Call, Answer>(
+    tls: &PeerTls,
+    address: &str,
+    message: M,
+    timeout: Duration,
+    call: Call,
+) -> Result<R, tonic::Status>
+where
+    Call: FnOnce(PeerClient<Channel>, tonic::Request<M>) -> Answer,
+    Answer: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let client = tls
+        .client(address)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    match tokio::time::timeout(timeout, call(client, request)).await {
+        Ok(answer) => Ok(answer?.into_inner()),
+        Err(_) => Err(tonic::Status::unavailable("etcdserver: request timed out")),
+    }
+}
+
 /// Forwards encoded commands to the leader in one call; returns each one's outcome (applied on
 /// the leader, or the status the leader answered for it), in order.
 pub async fn forward_proposals(
@@ -226,13 +251,16 @@ pub async fn forward_proposals(
     commands: Vec<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Vec<Result<Applied, tonic::Status>>, tonic::Status> {
-    let mut client = tls
-        .client(&leader.peer_addr)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(ProposeBatchRequest { commands });
-    request.set_timeout(timeout);
-    let outcomes = client.propose_batch(request).await?.into_inner().outcomes;
-    Ok(outcomes.into_iter().map(outcome_result).collect())
+    let request = ProposeBatchRequest { commands };
+    let answer = call_peer(
+        tls,
+        &leader.peer_addr,
+        request,
+        timeout,
+        |mut client, request| async move { client.propose_batch(request).await },
+    )
+    .await?;
+    Ok(answer.outcomes.into_iter().map(outcome_result).collect())
 }
 
 /// A forwarded command's outcome as the leader's own answer would have been.
@@ -258,12 +286,16 @@ pub async fn fetch_read_index(
     leader: &MemberNode,
     timeout: Duration,
 ) -> Result<u64, tonic::Status> {
-    let mut client = tls
-        .client(&leader.peer_addr)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(ReadIndexRequest {});
-    request.set_timeout(timeout);
-    Ok(client.read_index(request).await?.into_inner().index)
+    let request = ReadIndexRequest {};
+    let answer = call_peer(
+        tls,
+        &leader.peer_addr,
+        request,
+        timeout,
+        |mut client, request| async move { client.read_index(request).await },
+    )
+    .await?;
+    Ok(answer.index)
 }
 
 /// Hands a membership change to the leader.
@@ -273,12 +305,15 @@ pub async fn forward_membership_change(
     changes: Vec<u8>,
     timeout: Duration,
 ) -> Result<(), tonic::Status> {
-    let mut client = tls
-        .client(&leader.peer_addr)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(RaftPayload { bincode: changes });
-    request.set_timeout(timeout);
-    client.change_membership(request).await?;
+    let request = RaftPayload { bincode: changes };
+    call_peer(
+        tls,
+        &leader.peer_addr,
+        request,
+        timeout,
+        |mut client, request| async move { client.change_membership(request).await },
+    )
+    .await?;
     Ok(())
 }
 
@@ -288,11 +323,14 @@ pub async fn request_campaign(
     target: &MemberNode,
     timeout: Duration,
 ) -> Result<(), tonic::Status> {
-    let mut client = tls
-        .client(&target.peer_addr)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(CampaignRequest {});
-    request.set_timeout(timeout);
-    client.campaign(request).await?;
+    let request = CampaignRequest {};
+    call_peer(
+        tls,
+        &target.peer_addr,
+        request,
+        timeout,
+        |mut client, request| async move { client.campaign(request).await },
+    )
+    .await?;
     Ok(())
 }
