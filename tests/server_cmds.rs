@@ -170,6 +170,22 @@ fn serve_refuses_a_member_that_is_already_running() {
     );
 }
 
+/// The harness sends SIGTERM as soon as it reads the "serving clients" line; the member must
+/// already catch it then (CI once saw a member killed by the default action in that gap).
+#[test]
+fn a_member_stopped_the_moment_it_says_it_serves_exits_cleanly() {
+    let mut cluster = Cluster::single();
+    for round in 0..5 {
+        let status = cluster.member_mut(0).terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: clean exit 0, got {status}"
+        );
+        cluster.member_mut(0).restart();
+    }
+}
+
 #[test]
 fn sigterm_and_sigint_stop_a_member_cleanly() {
     let mut cluster = Cluster::single();

@@ -65,6 +65,8 @@ pub enum ServerError {
     Consensus(#[from] ProposeError),
     #[error(transparent)]
     Rotation(#[from] identities::rotation::RotationError),
+    #[error("installing the SIGTERM/SIGINT handlers: {0}")]
+    Signals(std::io::Error),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -307,6 +309,10 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         limits: options.limits,
     });
 
+    // Caught from before the lines below announce the member: whoever stops it as soon as it
+    // says it serves (a supervisor, a test) must get a clean stop, not the default action that
+    // kills it. Until here a signal kills the process, so a start that hangs stays stoppable.
+    let shutdown = ShutdownSignals::install().map_err(ServerError::Signals)?;
     println!(
         "bulwark: member {} ({}) of cluster {}",
         config.name, config.member_id, config.cluster_id
@@ -378,7 +384,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         wait_stop(stopped),
     );
     let signal = async {
-        shutdown_signal().await;
+        shutdown.requested().await;
         let _ = stop.send(true);
     };
     tokio::pin!(clients, peers);
@@ -496,14 +502,29 @@ fn local_addr(listener: &TcpListener, address: &str) -> Result<std::net::SocketA
         .map_err(|e| ServerError::Listen(address.to_string(), e))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment [`ShutdownSignals::install`] returns.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutdown requested");
+
+    /// Resolves at the first SIGTERM or SIGINT since [`ShutdownSignals::install`].
+    async fn requested(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+    }
 }
 
 fn host_of(address: &str) -> Result<String, ServerError> {
