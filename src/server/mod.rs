@@ -350,11 +350,8 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         .add_service(services.identity);
     let peer_router = tonic::transport::Server::builder()
         .add_service(
-            PeerServer::new(PeerService {
-                consensus: consensus.clone(),
-                lessor,
-            })
-            .max_decoding_message_size(usize::MAX),
+            PeerServer::new(PeerService::new(consensus.clone(), lessor))
+                .max_decoding_message_size(usize::MAX),
         )
         .add_service(JoinServer::new(join::JoinService {
             consensus: consensus.clone(),
