@@ -24,17 +24,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bulwark::proto::etcdserverpb as pb;
 use bulwark::proto::etcdserverpb::watch_client::WatchClient as RawWatchClient;
+
 use common::client::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
-use common::{Member, MemberOptions, Output, SERVING_PREFIX, START_TIMEOUT};
+use common::cluster::Cluster;
+use common::{Background, Member, MemberOptions};
 use etcd_client::{
     Client, DeleteOptions, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
     WatchOptions, WatchResponse, WatchStream, Watcher,
@@ -281,121 +281,6 @@ async fn current_revision(client: &mut Client) -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Members
 
-/// One member in its own temporary directory. The member is declared first so it is killed
-/// before the directory goes.
-struct Single {
-    member: Member,
-    dir: tempfile::TempDir,
-}
-
-fn start(options: MemberOptions) -> Single {
-    let dir = common::temp_dir();
-    let member = Member::init(&dir.path().join("m0"), options);
-    Single { member, dir }
-}
-
-/// `bulwark serve` of an initialised member's directory with flags that `MemberOptions` does not
-/// carry (`--watch-progress-notify-interval`), on the member's recorded addresses. SIGKILLed and
-/// reaped on drop; its logs are printed if the test panics. A stand-in until the harness's
-/// `MemberOptions` takes the flag.
-struct FlaggedServe {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl FlaggedServe {
-    /// Stops `member` (SIGTERM) and serves its directory again with `flags`.
-    fn replace(member: &mut Member, flags: &[&str], log_dir: &Path) -> FlaggedServe {
-        let status = member.terminate();
-        assert!(status.success(), "member exited with {status} on SIGTERM");
-        let stdout = log_dir.join("flagged-serve.stdout");
-        let stderr = log_dir.join("flagged-serve.stderr");
-        let mut command = Command::new(common::BULWARK);
-        command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(member.data_dir())
-            .args(flags)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout log"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr log"));
-        die_with_parent(&mut command);
-        let child = command.spawn().expect("starting bulwark serve");
-        let mut serve = FlaggedServe {
-            child,
-            stdout,
-            stderr,
-        };
-        let expected = format!("{SERVING_PREFIX}{}", member.endpoint());
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let printed = std::fs::read_to_string(&serve.stdout).unwrap_or_default();
-            if printed
-                .lines()
-                .any(|l| l == expected || l.starts_with(&format!("{expected} ")))
-            {
-                return serve;
-            }
-            if let Some(status) = serve.child.try_wait().expect("try_wait") {
-                panic!(
-                    "bulwark serve exited ({status}) before serving\n{}",
-                    serve.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bulwark serve not serving after {START_TIMEOUT:?}\n{}",
-                serve.logs()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "----- {} -----\n{}\n----- {} -----\n{}",
-            self.stdout.display(),
-            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            self.stderr.display(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for FlaggedServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-    }
-}
-
-/// SIGKILL for the child if the test thread that started it dies first (as the harness does for
-/// members; its helper is private to it).
-fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reading watch streams (etcd-client)
 
@@ -604,139 +489,20 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // etcdctl watch: runs until killed
 
-/// A running `etcdctl watch`, its output collected as it prints. Killed and reaped on drop. The
-/// harness's `Etcdctl` runs commands to completion only; this is its long-running counterpart
-/// (same flags, same cleaned environment).
-struct EtcdctlWatch {
-    child: Child,
-    command: String,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
+/// `etcdctl watch ARGS` against `member`, left running (killed and reaped on drop).
+fn etcdctl_watch(member: &Member, args: &[&str]) -> Background {
+    member.etcdctl().spawn(&[&["watch"][..], args].concat())
 }
 
-impl EtcdctlWatch {
-    fn start(member: &Member, args: &[&str]) -> EtcdctlWatch {
-        let files = member.admin();
-        let mut command = Command::new("etcdctl");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ETCDCTL_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", member.endpoint()))
-            .arg(format!("--cacert={}", files.ca.display()))
-            .arg(format!("--cert={}", files.cert.display()))
-            .arg(format!("--key={}", files.key.display()))
-            .arg("--dial-timeout=10s")
-            .arg("watch")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut command);
-        let description = format!("{command:?}");
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let reader = |mut pipe: Box<dyn Read + Send>, into: Arc<Mutex<Vec<u8>>>| {
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buffer) {
-                    if n == 0 {
-                        return;
-                    }
-                    into.lock().unwrap().extend_from_slice(&buffer[..n]);
-                }
-            })
-        };
-        let readers = vec![
-            reader(
-                Box::new(child.stdout.take().expect("stdout")),
-                stdout.clone(),
-            ),
-            reader(
-                Box::new(child.stderr.take().expect("stderr")),
-                stderr.clone(),
-            ),
-        ];
-        EtcdctlWatch {
-            child,
-            command: description,
-            stdout,
-            stderr,
-            readers,
-        }
+/// Waits (bounded) until `watch` printed at least as much as `expected` on stdout or exited,
+/// then requires exactly `expected`.
+#[track_caller]
+fn assert_watch_printed(watch: &mut Background, expected: &str) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while watch.stdout().len() < expected.len() && watch.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
     }
-
-    fn stdout(&self) -> String {
-        text(&self.stdout.lock().unwrap())
-    }
-
-    fn stderr(&self) -> String {
-        text(&self.stderr.lock().unwrap())
-    }
-
-    /// Waits (bounded) until etcdctl printed at least as much as `expected` on stdout or exited,
-    /// then requires exactly `expected`.
-    #[track_caller]
-    fn assert_stdout(&mut self, expected: &str) {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        while self.stdout().len() < expected.len()
-            && self.child.try_wait().expect("try_wait").is_none()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        assert_eq!(
-            self.stdout(),
-            expected,
-            "{}\n--- stderr ---\n{}",
-            self.command,
-            self.stderr()
-        );
-    }
-
-    /// Waits (bounded) for etcdctl to exit on its own.
-    fn wait_exit(mut self) -> Output {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running after {EVENT_TIMEOUT:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                self.command,
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        };
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-        Output {
-            command: self.command.clone(),
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-            code: status.code(),
-        }
-    }
-}
-
-impl Drop for EtcdctlWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-    }
+    assert_eq!(watch.stdout(), expected, "{}", watch.output());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,9 +510,9 @@ impl Drop for EtcdctlWatch {
 
 #[tokio::test]
 async fn a_key_watch_sees_its_puts_and_deletes_in_revision_order_with_their_kvs() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
-    let (mut watcher, mut stream) = open_watch(&single.member.client().await, "k", None).await;
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
+    let (mut watcher, mut stream) = open_watch(&single.member(0).client().await, "k", None).await;
 
     history.put("k", "v1").await;
     history.put("other", "x").await;
@@ -766,10 +532,10 @@ async fn a_key_watch_sees_its_puts_and_deletes_in_revision_order_with_their_kvs(
 
 #[tokio::test]
 async fn prefix_range_from_key_and_all_keys_watches_see_exactly_their_keys() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     let (mut watcher, mut stream) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "b/",
         Some(WatchOptions::new().with_prefix()),
     )
@@ -833,12 +599,12 @@ async fn prefix_range_from_key_and_all_keys_watches_see_exactly_their_keys() {
 
 #[tokio::test]
 async fn the_events_of_one_txn_come_in_one_response_in_op_order() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     history.put("t/c", "to delete").await;
     history.put("t/d", "old").await;
     let (mut watcher, mut stream) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "t/",
         Some(WatchOptions::new().with_prefix()),
     )
@@ -871,8 +637,8 @@ async fn the_events_of_one_txn_come_in_one_response_in_op_order() {
 
 #[tokio::test]
 async fn a_past_start_revision_replays_history_as_the_writes_returned_it() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     let first = history.put("h/a", "1").await;
     history.put("h/b", "1").await;
     history.put("elsewhere", "1").await;
@@ -885,7 +651,7 @@ async fn a_past_start_revision_replays_history_as_the_writes_returned_it() {
     history.delete("h/", true).await;
     history.put("h/b", "last").await;
 
-    let client = single.member.client().await;
+    let client = single.member(0).client().await;
     // From the first write, with prev_kv: every event, with the kvs they replaced.
     let (mut watcher, mut stream) = open_watch(
         &client,
@@ -940,8 +706,8 @@ async fn a_past_start_revision_replays_history_as_the_writes_returned_it() {
 
 #[tokio::test]
 async fn a_future_start_revision_waits_until_the_store_reaches_it() {
-    let single = start(MemberOptions::default());
-    let mut client = single.member.client().await;
+    let single = Cluster::init(MemberOptions::default());
+    let mut client = single.member(0).client().await;
     let now = current_revision(&mut client).await;
     let mut history = History::new(client.clone());
     let (mut watcher, mut stream) = open_watch(
@@ -974,10 +740,10 @@ async fn a_future_start_revision_waits_until_the_store_reaches_it() {
 
 #[tokio::test]
 async fn prev_kv_is_the_key_value_each_put_and_delete_replaced() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     let (mut watcher, mut stream) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "p/",
         Some(WatchOptions::new().with_prefix().with_prev_key()),
     )
@@ -1007,10 +773,10 @@ async fn prev_kv_is_the_key_value_each_put_and_delete_replaced() {
 
 #[tokio::test]
 async fn noput_and_nodelete_filters_drop_those_events() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     let (mut watcher, mut stream) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "x/",
         Some(
             WatchOptions::new()
@@ -1070,9 +836,9 @@ async fn noput_and_nodelete_filters_drop_those_events() {
 
 #[tokio::test]
 async fn watches_on_one_stream_get_distinct_ids_and_a_chosen_id_is_kept() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
-    let (mut watcher, mut stream) = open_watch(&single.member.client().await, "id", None).await;
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
+    let (mut watcher, mut stream) = open_watch(&single.member(0).client().await, "id", None).await;
     let auto1 = watcher.watch_id();
     let chosen = add_accepted_watch(
         &mut watcher,
@@ -1105,10 +871,10 @@ async fn watches_on_one_stream_get_distinct_ids_and_a_chosen_id_is_kept() {
 /// the id goes on.
 #[tokio::test]
 async fn a_chosen_id_already_in_use_is_refused_as_etcd_does() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     let (mut watcher, mut stream) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "dup",
         Some(WatchOptions::new().with_watch_id(7)),
     )
@@ -1143,8 +909,8 @@ async fn a_chosen_id_already_in_use_is_refused_as_etcd_does() {
 /// (`mvcc/watcher.go`: `if len(end) != 0 && bytes.Compare(key, end) != -1`).
 #[tokio::test]
 async fn an_empty_key_range_is_refused_as_etcd_does() {
-    let single = start(MemberOptions::default());
-    let (mut watcher, mut stream) = open_watch(&single.member.client().await, "a", None).await;
+    let single = Cluster::init(MemberOptions::default());
+    let (mut watcher, mut stream) = open_watch(&single.member(0).client().await, "a", None).await;
     for (key, end) in [("b", "a"), ("b", "b")] {
         let refused = add_watch(
             &mut watcher,
@@ -1168,8 +934,9 @@ async fn an_empty_key_range_is_refused_as_etcd_does() {
 /// indistinguishable from one for the new watch.
 #[tokio::test]
 async fn a_canceled_watch_id_is_not_handed_out_again_on_its_stream() {
-    let single = start(MemberOptions::default());
-    let (mut watcher, mut stream) = open_watch(&single.member.client().await, "reuse", None).await;
+    let single = Cluster::init(MemberOptions::default());
+    let (mut watcher, mut stream) =
+        open_watch(&single.member(0).client().await, "reuse", None).await;
     let first = watcher.watch_id();
     let second = add_accepted_watch(&mut watcher, &mut stream, "reuse", WatchOptions::new()).await;
     watcher.cancel_by_id(second).await.expect("cancel");
@@ -1187,9 +954,9 @@ async fn a_canceled_watch_id_is_not_handed_out_again_on_its_stream() {
 
 #[tokio::test]
 async fn a_canceled_watch_is_answered_canceled_and_gets_no_more_events() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
-    let (mut watcher, mut stream) = open_watch(&single.member.client().await, "c", None).await;
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
+    let (mut watcher, mut stream) = open_watch(&single.member(0).client().await, "c", None).await;
     let canceled = watcher.watch_id();
     let kept = add_accepted_watch(&mut watcher, &mut stream, "c", WatchOptions::new()).await;
 
@@ -1223,9 +990,10 @@ async fn a_canceled_watch_is_answered_canceled_and_gets_no_more_events() {
 
 #[tokio::test]
 async fn a_progress_request_is_answered_with_the_current_revision() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
-    let (mut watcher, mut stream) = open_watch(&single.member.client().await, "quiet", None).await;
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
+    let (mut watcher, mut stream) =
+        open_watch(&single.member(0).client().await, "quiet", None).await;
     history.put("loud", "1").await;
     history.put("loud", "2").await;
     watcher.request_progress().await.expect("request_progress");
@@ -1243,8 +1011,8 @@ async fn a_progress_request_made_while_a_watch_catches_up_is_answered() {
     /// the new watch is still behind when the member reads the progress request that follows its
     /// create.
     const REVISIONS: usize = 1100;
-    let single = start(MemberOptions::default());
-    let client = single.member.client().await;
+    let single = Cluster::init(MemberOptions::default());
+    let client = single.member(0).client().await;
     let first = current_revision(&mut client.clone()).await + 1;
     write_concurrently(&client, "old/", REVISIONS, 8, 8).await;
     let now = current_revision(&mut client.clone()).await;
@@ -1286,16 +1054,11 @@ async fn a_progress_request_made_while_a_watch_catches_up_is_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_notify_sends_an_idle_watch_empty_responses_at_the_current_revision() {
-    let mut single = start(MemberOptions::default());
-    let _serve = FlaggedServe::replace(
-        &mut single.member,
-        &["--watch-progress-notify-interval", "1"],
-        single.dir.path(),
-    );
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default().watch_progress_notify_interval(1));
+    let mut history = History::new(single.member(0).client().await);
     history.put("unwatched", "1").await;
     let (mut watcher, mut stream) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "idle",
         Some(WatchOptions::new().with_progress_notify()),
     )
@@ -1328,8 +1091,8 @@ async fn progress_notify_sends_an_idle_watch_empty_responses_at_the_current_revi
 
 #[tokio::test]
 async fn a_compacted_start_revision_cancels_the_watch_with_the_compact_revision() {
-    let single = start(MemberOptions::default());
-    let mut client = single.member.client().await;
+    let single = Cluster::init(MemberOptions::default());
+    let mut client = single.member(0).client().await;
     let mut history = History::new(client.clone());
     let r1 = history.put("cmp", "1").await;
     let r2 = history.put("cmp", "2").await;
@@ -1415,8 +1178,8 @@ fn new_key_event(key: &str, value: &str, revision: i64) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_resumed_after_kill9_and_restart_sees_every_later_event_exactly_once() {
-    let mut single = start(MemberOptions::default());
-    let client = single.member.client().await;
+    let mut single = Cluster::init(MemberOptions::default());
+    let client = single.member(0).client().await;
     let start_revision = current_revision(&mut client.clone()).await;
 
     // A watcher reading everything under r/ until the stream breaks.
@@ -1462,7 +1225,7 @@ async fn a_watch_resumed_after_kill9_and_restart_sees_every_later_event_exactly_
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    single.member.kill9(); // with a put in flight
+    single.member_mut(0).kill9(); // with a put in flight
     tokio::time::timeout(EVENT_TIMEOUT, writer)
         .await
         .expect("the writer stops once the member is gone")
@@ -1475,8 +1238,8 @@ async fn a_watch_resumed_after_kill9_and_restart_sees_every_later_event_exactly_
 
     let mut events = seen.lock().unwrap().clone();
     let resume_from = events.last().map_or(start_revision, Event::revision) + 1;
-    single.member.restart();
-    let client = single.member.client().await;
+    single.member_mut(0).restart();
+    let client = single.member(0).client().await;
     let (mut watcher, mut stream) = open_watch(
         &client,
         "r/",
@@ -1546,13 +1309,13 @@ async fn a_watch_stream_never_read_blocks_no_writes_and_later_gets_every_event_i
     /// connection) and the member's response buffer together.
     const PUTS: usize = 256;
     const VALUE_BYTES: usize = 32 * 1024;
-    let single = start(MemberOptions::default());
+    let single = Cluster::init(MemberOptions::default());
     // Separate connections: the unread stream must not hold up the writers' own connection
     // (client-side flow control is not what is tested).
     // Once read, the member may send the whole backlog in one response: above etcd-client's
     // default 4 MiB limit (etcd's clients take up to 2 GiB).
     let mut slow_client = single
-        .member
+        .member(0)
         .client()
         .await
         .watch_client()
@@ -1565,7 +1328,7 @@ async fn a_watch_stream_never_read_blocks_no_writes_and_later_gets_every_event_i
     .expect("watch created in time")
     .expect("watch");
     let (_fast_watcher, mut fast) = open_watch(
-        &single.member.client().await,
+        &single.member(0).client().await,
         "s/",
         Some(WatchOptions::new().with_prefix()),
     )
@@ -1579,7 +1342,7 @@ async fn a_watch_stream_never_read_blocks_no_writes_and_later_gets_every_event_i
         events
     });
 
-    let writer = single.member.client().await;
+    let writer = single.member(0).client().await;
     let acknowledged = write_concurrently(&writer, "s/", PUTS, 8, VALUE_BYTES).await;
     let want: Vec<Event> = acknowledged
         .iter()
@@ -1618,8 +1381,8 @@ async fn a_watch_stream_never_read_blocks_no_writes_and_later_gets_every_event_i
 async fn a_thousand_watches_all_get_one_put() {
     const STREAMS: usize = 4;
     const PER_STREAM: usize = 250;
-    let single = start(MemberOptions::default());
-    let client = single.member.client().await;
+    let single = Cluster::init(MemberOptions::default());
+    let client = single.member(0).client().await;
     let mut streams = Vec::new();
     for s in 0..STREAMS {
         let (mut watcher, mut stream) = open_watch(&client, "many/key", None).await;
@@ -1659,8 +1422,8 @@ async fn a_thousand_watches_all_get_one_put() {
 /// previous values (split by both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragment_splits_a_large_revision_and_the_fragments_reassemble() {
-    let single = start(MemberOptions::default().max_request_bytes(4096));
-    let client = single.member.client().await;
+    let single = Cluster::init(MemberOptions::default().max_request_bytes(4096));
+    let client = single.member(0).client().await;
     let mut history = History::new(client.clone());
     let kib = "k".repeat(1024);
     for key in ["fr/1", "fr/2", "fr/3"] {
@@ -1671,7 +1434,7 @@ async fn fragment_splits_a_large_revision_and_the_fragments_reassemble() {
         history.put(&format!("fr/big/{i:03}"), &big).await;
     }
 
-    let (requests, mut raw) = raw_watch(&single.member).await;
+    let (requests, mut raw) = raw_watch(single.member(0)).await;
     let fragmented = raw_create(
         &requests,
         &mut raw,
@@ -1785,13 +1548,13 @@ async fn fragment_splits_a_large_revision_and_the_fragments_reassemble() {
 /// etcd 3.4.23 does.
 #[tokio::test]
 async fn a_client_that_closes_its_side_of_the_stream_keeps_receiving_events() {
-    let single = start(MemberOptions::default());
-    let mut history = History::new(single.member.client().await);
+    let single = Cluster::init(MemberOptions::default());
+    let mut history = History::new(single.member(0).client().await);
     let create = create_request(pb::WatchCreateRequest {
         key: b"half".to_vec(),
         ..Default::default()
     });
-    let mut stream = raw_client(&single.member)
+    let mut stream = raw_client(single.member(0))
         .await
         .watch(tokio_stream::iter(vec![create]))
         .await
@@ -1816,8 +1579,8 @@ async fn a_client_that_closes_its_side_of_the_stream_keeps_receiving_events() {
 /// `--prefix` means every key): the history, then what happens while it runs, in etcd's format.
 #[test]
 fn etcdctl_watch_prints_history_then_live_events_as_etcd_does() {
-    let single = start(MemberOptions::default());
-    let etcdctl = single.member.etcdctl();
+    let single = Cluster::init(MemberOptions::default());
+    let etcdctl = single.member(0).etcdctl();
     for args in [
         &["put", "foo", "bar"][..],
         &["put", "foo", "bar2"],
@@ -1826,20 +1589,20 @@ fn etcdctl_watch_prints_history_then_live_events_as_etcd_does() {
     ] {
         etcdctl.run(args).assert_success();
     }
-    let mut watch = EtcdctlWatch::start(&single.member, &["--rev", "1", "--prefix", ""]);
+    let mut watch = etcdctl_watch(single.member(0), &["--rev", "1", "--prefix", ""]);
     let history = "PUT\nfoo\nbar\nPUT\nfoo\nbar2\nPUT\na\n1\nDELETE\na\n\n";
-    watch.assert_stdout(history);
+    assert_watch_printed(&mut watch, history);
 
     etcdctl.run(&["put", "b", "2"]).assert_success();
     etcdctl.run(&["del", "foo"]).assert_success();
-    watch.assert_stdout(&format!("{history}PUT\nb\n2\nDELETE\nfoo\n\n"));
+    assert_watch_printed(&mut watch, &format!("{history}PUT\nb\n2\nDELETE\nfoo\n\n"));
 }
 
 /// `etcdctl watch -w json` (the sample's step 28) and `--prev-kv`, on one key.
 #[test]
 fn etcdctl_watch_json_and_prev_kv_show_etcds_fields() {
-    let single = start(MemberOptions::default());
-    let etcdctl = single.member.etcdctl();
+    let single = Cluster::init(MemberOptions::default());
+    let etcdctl = single.member(0).etcdctl();
     for args in [
         &["put", "foo", "bar"][..], // revision 2
         &["put", "other", "x"],     // 3
@@ -1850,7 +1613,7 @@ fn etcdctl_watch_json_and_prev_kv_show_etcds_fields() {
         etcdctl.run(args).assert_success();
     }
 
-    let json = EtcdctlWatch::start(&single.member, &["-w", "json", "--rev", "1", "foo"]);
+    let json = etcdctl_watch(single.member(0), &["-w", "json", "--rev", "1", "foo"]);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let want = serde_json::json!([
         {"kv": {"key": b64("foo"), "create_revision": 2, "mod_revision": 2, "version": 1, "value": b64("bar")}},
@@ -1879,16 +1642,19 @@ fn etcdctl_watch_json_and_prev_kv_show_etcds_fields() {
     }
     assert_eq!(serde_json::Value::Array(events), want, "{}", json.stdout());
 
-    let mut prev = EtcdctlWatch::start(&single.member, &["--prev-kv", "--rev", "4", "foo"]);
-    prev.assert_stdout("PUT\nfoo\nbar\nfoo\nbar2\nDELETE\nfoo\nbar2\nfoo\n\nPUT\nfoo\nbar3\n");
+    let mut prev = etcdctl_watch(single.member(0), &["--prev-kv", "--rev", "4", "foo"]);
+    assert_watch_printed(
+        &mut prev,
+        "PUT\nfoo\nbar\nfoo\nbar2\nDELETE\nfoo\nbar2\nfoo\n\nPUT\nfoo\nbar3\n",
+    );
 }
 
 /// Watching from a compacted revision: etcdctl 3.4.23 against etcd reports the cancel on stderr
 /// and exits 5 on its own, printing nothing on stdout.
 #[test]
 fn etcdctl_watch_from_a_compacted_revision_is_canceled_as_with_etcd() {
-    let single = start(MemberOptions::default());
-    let etcdctl = single.member.etcdctl();
+    let single = Cluster::init(MemberOptions::default());
+    let etcdctl = single.member(0).etcdctl();
     for args in [
         &["put", "foo", "bar"][..],
         &["put", "foo", "bar2"],
@@ -1897,7 +1663,7 @@ fn etcdctl_watch_from_a_compacted_revision_is_canceled_as_with_etcd() {
     ] {
         etcdctl.run(args).assert_success();
     }
-    let output = EtcdctlWatch::start(&single.member, &["--rev", "2", "foo"]).wait_exit();
+    let output = etcdctl_watch(single.member(0), &["--rev", "2", "foo"]).wait_exit(EVENT_TIMEOUT);
     assert_eq!(output.code, Some(5), "{output}");
     assert_eq!(output.stdout, "", "{output}");
     assert_eq!(

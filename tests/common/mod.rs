@@ -266,6 +266,8 @@ pub struct MemberOptions {
     pub log_filter: Option<String>,
     /// `--quota-backend-bytes`: above it the NOSPACE alarm is raised.
     pub quota_backend_bytes: Option<u64>,
+    /// `--watch-progress-notify-interval`, in seconds.
+    pub watch_progress_notify_interval: Option<u64>,
 }
 
 impl MemberOptions {
@@ -302,6 +304,10 @@ impl MemberOptions {
         self.quota_backend_bytes = Some(bytes);
         self
     }
+    pub fn watch_progress_notify_interval(mut self, seconds: u64) -> Self {
+        self.watch_progress_notify_interval = Some(seconds);
+        self
+    }
 
     /// The flags `init`, `join` and `serve` all take.
     fn serve_args(&self) -> Vec<String> {
@@ -325,6 +331,12 @@ impl MemberOptions {
         }
         if let Some(bytes) = self.quota_backend_bytes {
             args.extend(["--quota-backend-bytes".to_string(), bytes.to_string()]);
+        }
+        if let Some(seconds) = self.watch_progress_notify_interval {
+            args.extend([
+                "--watch-progress-notify-interval".to_string(),
+                seconds.to_string(),
+            ]);
         }
         args
     }
@@ -866,9 +878,10 @@ fn with_connection(args: &[&str], connection: Vec<String>) -> Vec<String> {
     all
 }
 
-/// The member gets SIGKILL if the test thread that started it dies without its `Drop` running
-/// (the test binary itself killed): no orphaned members outlive a test run.
-fn die_with_parent(command: &mut Command) {
+/// The child (a member, an etcdctl) gets SIGKILL if the test thread that started it dies
+/// without its `Drop` running (the test binary itself killed): nothing a test started outlives
+/// the run.
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
