@@ -148,7 +148,7 @@ impl Report {
         text.push_str(
             "B/E: Bulwark / etcd. ops/s above 1: Bulwark does more; p99 below 1: Bulwark's tail \
              is lower. RSS: the largest member's peak during the row. CPU: the store's members, \
-             together, during the row.\n",
+             together, during the row; per op: that CPU over the row's operations.\n",
         );
         if let (Some(floor), Some(put)) = (&self.fsync_floor, self.single_client_put()) {
             let versus = |m: &Measurement| {
@@ -188,6 +188,7 @@ impl Report {
             "p99.9 ms",
             "RSS MiB",
             "CPU s",
+            "CPU us/op",
             "errors",
             "B/E ops/s",
             "B/E p99",
@@ -216,6 +217,12 @@ impl Report {
                     m.counters
                         .get("members_cpu_ms")
                         .map_or("-".to_string(), |ms| format!("{:.1}", *ms as f64 / 1000.0)),
+                    m.counters
+                        .get("members_cpu_ms")
+                        .filter(|_| m.ops > 0)
+                        .map_or("-".to_string(), |ms| {
+                            format!("{:.0}", *ms as f64 * 1000.0 / m.ops as f64)
+                        }),
                     m.errors.to_string(),
                     if first {
                         factor(row.throughput_ratio)
