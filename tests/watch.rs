@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bulwark::proto::etcdserverpb as pb;
 use bulwark::proto::etcdserverpb::watch_client::WatchClient as RawWatchClient;
-
 use common::client::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 use common::cluster::Cluster;
 use common::{Background, Member, MemberOptions};

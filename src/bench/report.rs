@@ -148,7 +148,7 @@ impl Report {
         text.push_str(
             "B/E: Bulwark / etcd. ops/s above 1: Bulwark does more; p99 below 1: Bulwark's tail \
              is lower. RSS: the largest member's peak during the row. CPU: the store's members, \
-             together, during the row; per op: that CPU over the row's operations.\n",
+             together, during the row; per op: that CPU over what ops/s counts.\n",
         );
         if let (Some(floor), Some(put)) = (&self.fsync_floor, self.single_client_put()) {
             let versus = |m: &Measurement| {

@@ -115,6 +115,10 @@ impl Background {
             }
             std::thread::sleep(POLL);
         }
+        // What it printed just before exiting may still be in the pipes: read it all.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         self.output()
     }
 
