@@ -299,24 +299,11 @@ impl Plan {
 /// dropping it kills every process it started.
 pub async fn main(args: BenchArgs) -> Result<(), String> {
     let plan = Plan::new(args).map_err(|e| e.to_string())?;
+    let interrupted = crate::server::ShutdownSignals::install()
+        .map_err(|e| format!("installing the SIGTERM/SIGINT handlers: {e}"))?;
     tokio::select! {
         result = run(plan) => result.map_err(|e| e.to_string()),
-        () = interrupted() => Err("interrupted; every process the bench started is stopped".to_string()),
-    }
-}
-
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        () = interrupted.requested() => Err("interrupted; every process the bench started is stopped".to_string()),
     }
 }
 

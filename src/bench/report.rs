@@ -197,6 +197,7 @@ impl Report {
         for row in &self.rows {
             for (store, m) in [("bulwark", &row.bulwark), ("etcd", &row.etcd)] {
                 let first = store == "bulwark";
+                let cpu_ms = m.counters.get("members_cpu_ms").map(|ms| *ms as f64);
                 let percentile = |pick: fn(&super::stats::Percentiles) -> f64| {
                     m.latency.as_ref().map_or("-".to_string(), |l| ms(pick(l)))
                 };
@@ -214,15 +215,10 @@ impl Report {
                     percentile(|l| l.p999_ms),
                     m.max_peak_rss_mib()
                         .map_or("-".to_string(), |mib| format!("{mib:.0}")),
-                    m.counters
-                        .get("members_cpu_ms")
-                        .map_or("-".to_string(), |ms| format!("{:.1}", *ms as f64 / 1000.0)),
-                    m.counters
-                        .get("members_cpu_ms")
-                        .filter(|_| m.ops > 0)
-                        .map_or("-".to_string(), |ms| {
-                            format!("{:.0}", *ms as f64 * 1000.0 / m.ops as f64)
-                        }),
+                    cpu_ms.map_or("-".to_string(), |ms| format!("{:.1}", ms / 1000.0)),
+                    cpu_ms.filter(|_| m.ops > 0).map_or("-".to_string(), |ms| {
+                        format!("{:.0}", ms * 1000.0 / m.ops as f64)
+                    }),
                     m.errors.to_string(),
                     if first {
                         factor(row.throughput_ratio)

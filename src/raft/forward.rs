@@ -1,7 +1,8 @@
 //! Forwarding batching: on a follower, client writes bound for the leader that arrive while
 //! earlier forwards are still out share one `Peer.ProposeBatch` call. Without it every forwarded
-//! write costs its own HTTP/2 request on the follower and on the leader, which under load is most of the
-//! writes (clients spread over the members send two thirds of them to followers on 3 members).
+//! write costs its own HTTP/2 request on the follower and on the leader, which under load is most
+//! of the writes (clients spread over the members send two thirds of them to followers on 3
+//! members).
 //!
 //! A write that finds nothing queued goes out alone at once; only while [`IN_FLIGHT_CALLS`] calls
 //! are out do new ones queue, and the next call takes everything queued for the same leader (up to

@@ -499,14 +499,15 @@ fn local_addr(listener: &TcpListener, address: &str) -> Result<std::net::SocketA
         .map_err(|e| ServerError::Listen(address.to_string(), e))
 }
 
-/// SIGTERM and SIGINT, caught from the moment [`ShutdownSignals::install`] returns.
-struct ShutdownSignals {
+/// SIGTERM and SIGINT, caught from the moment [`ShutdownSignals::install`] returns (by `serve`
+/// and by `bench`).
+pub(crate) struct ShutdownSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
-    fn install() -> std::io::Result<ShutdownSignals> {
+    pub(crate) fn install() -> std::io::Result<ShutdownSignals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(ShutdownSignals {
             terminate: signal(SignalKind::terminate())?,
@@ -515,7 +516,7 @@ impl ShutdownSignals {
     }
 
     /// Resolves at the first SIGTERM or SIGINT since [`ShutdownSignals::install`].
-    async fn requested(mut self) {
+    pub(crate) async fn requested(mut self) {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
