@@ -3,7 +3,7 @@
 //! machine ([`Store::apply`](crate::mvcc::Store::apply)). A single member is a one-voter group on
 //! the same path.
 //!
-//! Layout: [`log_store`] (log and vote on redb), [`state_machine`] (the MVCC store plus its
+//! Layout: [`log_store`] (log and vote in a write-ahead log), [`state_machine`] (the MVCC store plus its
 //! position, snapshots), [`network`] (outgoing peer gRPC over mTLS), [`peer_service`] (incoming).
 //! [`Consensus`] is the handle the API uses: propose a write, or wait until a read is
 //! linearizable.
@@ -26,6 +26,8 @@ pub mod network;
 pub mod peer_service;
 mod read_index;
 pub mod state_machine;
+#[cfg(test)]
+mod storage_suite;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

@@ -5,7 +5,7 @@
 //! ```text
 //! DIR/member.toml        name, ids, addresses (written last: its presence means "a member")
 //! DIR/pki/               ca.crt, ca.key (0600), member.crt, member.key (0600)
-//! DIR/raft/log.redb      the Raft log and vote
+//! DIR/raft/log/          the Raft log and vote (a write-ahead log of chunk files)
 //! DIR/state/mvcc.redb    the MVCC store (the state machine)
 //! DIR/state/snapshot.bin the newest Raft snapshot
 //! DIR/admin/             ca.crt, client.crt, client.key (0600): the admin identity
@@ -65,6 +65,10 @@ impl DataDir {
         self.root.join("raft")
     }
     pub fn raft_log(&self) -> PathBuf {
+        self.raft().join("log")
+    }
+    /// Where versions before the write-ahead log kept the Raft log (moved on the first start).
+    pub fn raft_log_redb(&self) -> PathBuf {
         self.raft().join("log.redb")
     }
     pub fn admin(&self) -> PathBuf {

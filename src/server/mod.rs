@@ -23,7 +23,10 @@ use crate::proto::bulwarkpb::join_server::JoinServer;
 use crate::proto::bulwarkpb::peer_server::PeerServer;
 use crate::raft::network::PeerTls;
 use crate::raft::peer_service::PeerService;
-use crate::raft::{log_store::LogStore, Consensus, MemberNode, ProposeError, RaftTimings};
+use crate::raft::{
+    log_store::{LogStore, LogStoreError},
+    Consensus, MemberNode, ProposeError, RaftTimings,
+};
 pub use datadir::Addresses;
 use datadir::{create_private_dir, format_id, DataDir, MemberConfig};
 
@@ -60,7 +63,7 @@ pub enum ServerError {
     #[error("snapshot {path}: {1}; nothing was restored", path = .0.display())]
     BadSnapshot(PathBuf, String),
     #[error("raft log: {0}")]
-    Log(#[from] redb::Error),
+    Log(#[from] LogStoreError),
     #[error("consensus: {0}")]
     Consensus(#[from] ProposeError),
     #[error(transparent)]
@@ -221,7 +224,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         // again.
         tracing::error!(%error, "CA rotation: cannot follow it");
     }
-    let log = LogStore::open(&data.raft_log())?;
+    let log = LogStore::open(&data.raft_log(), &data.raft_log_redb())?;
     let peer_tls = PeerTls::new(authority.trust(), &live_identity)?;
     let member_id = config.member_id()?;
     let consensus = Arc::new(
