@@ -149,6 +149,26 @@ fn serve_refuses_an_empty_or_missing_directory() {
 }
 
 #[test]
+fn serve_refuses_a_request_size_limit_its_log_could_not_hold() {
+    // Every Raft log entry holds at most one request of this size plus a batch of small ones;
+    // the log stores no value over 256 MiB, so the limit is capped well below that.
+    let dir = temp_dir();
+    let data = dir.path().display().to_string();
+    let output = run_bulwark(&[
+        "serve",
+        "--data-dir",
+        &data,
+        "--max-request-bytes",
+        &(64 * 1024 * 1024 + 1).to_string(),
+    ]);
+    output.assert_failure();
+    assert!(
+        output.stderr.contains("--max-request-bytes"),
+        "the refusal must name the flag:\n{output}"
+    );
+}
+
+#[test]
 fn serve_refuses_a_member_that_is_already_running() {
     let cluster = Cluster::single();
     let member = cluster.member(0);

@@ -42,6 +42,11 @@ use error::{ApiError, EtcdCodes};
 /// The etcd server version reported by `Status`: the etcd API level Bulwark answers as.
 pub const ETCD_VERSION: &str = "3.5.0";
 
+/// The largest `--max-request-bytes` a member accepts: every entry of the Raft log holds at
+/// most one command this large plus a batch of smaller ones, and the log stores no value over
+/// 256 MiB.
+pub const MAX_REQUEST_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
 /// gRPC overhead etcd allows on top of `max_request_bytes` before the transport refuses a message.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 

@@ -151,9 +151,13 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct LimitArgs {
-    /// Largest request accepted, in bytes (etcd's default: 1.5 MiB).
-    #[arg(long, default_value_t = Limits::default().max_request_bytes)]
-    max_request_bytes: usize,
+    /// Largest request accepted, in bytes (etcd's default: 1.5 MiB; at most 64 MiB).
+    #[arg(
+        long,
+        default_value_t = Limits::default().max_request_bytes as u64,
+        value_parser = clap::value_parser!(u64).range(1..=crate::api::MAX_REQUEST_BYTES_LIMIT as u64),
+    )]
+    max_request_bytes: u64,
     /// Most operations in one txn branch.
     #[arg(long, default_value_t = Limits::default().max_txn_ops)]
     max_txn_ops: usize,
@@ -178,7 +182,7 @@ impl LimitArgs {
     fn serve_options(&self) -> ServeOptions {
         ServeOptions {
             limits: Limits {
-                max_request_bytes: self.max_request_bytes,
+                max_request_bytes: self.max_request_bytes as usize,
                 max_txn_ops: self.max_txn_ops,
                 watch_progress_interval: std::time::Duration::from_secs(
                     self.watch_progress_notify_interval.max(1),
@@ -273,7 +277,8 @@ pub fn main() -> ExitCode {
 
 fn init_logging(server_command: bool) {
     let default = if server_command {
-        "info,openraft=warn"
+        // raft-log reports each purge and chunk at info: routine, not news to an operator.
+        "info,openraft=warn,raft_log=warn,chunked_wal=warn"
     } else {
         "warn"
     };

@@ -3,9 +3,9 @@
 //! machine ([`Store::apply`](crate::mvcc::Store::apply)). A single member is a one-voter group on
 //! the same path.
 //!
-//! Layout: [`log_store`] (log and vote in a write-ahead log), [`state_machine`] (the MVCC store plus its
-//! position, snapshots), [`network`] (outgoing peer gRPC over mTLS), [`peer_service`] (incoming).
-//! [`Consensus`] is the handle the API uses: propose a write, or wait until a read is
+//! Layout: [`log_store`] (log and vote in a write-ahead log), [`state_machine`] (the MVCC store
+//! plus its position, snapshots), [`network`] (outgoing peer gRPC over mTLS), [`peer_service`]
+//! (incoming). [`Consensus`] is the handle the API uses: propose a write, or wait until a read is
 //! linearizable.
 //!
 //! Invariants:

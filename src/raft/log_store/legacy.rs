@@ -12,14 +12,16 @@ use openraft::{Entry, LogId, Vote};
 use raft_log::api::raft_log_writer::RaftLogWriter;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{config, open_log, Bincoded, LogStoreError};
+use super::{config, open_log, sync_parent, Bincoded, LogStoreError};
 use crate::raft::{NodeId, TypeConfig};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
-/// Entries handed to the flush thread at a time while moving.
+/// Entries are handed to the flush thread, and synced (which lets their payloads leave the
+/// cache), every this many entries or bytes, so moving a long log takes bounded memory.
 const ENTRIES_PER_FLUSH: usize = 1024;
+const BYTES_PER_FLUSH: usize = 16 * 1024 * 1024;
 
 /// Moves the log in `old` (a redb file) into the log directory `new`, if `old` exists; removes
 /// `old` when `new` already exists (the move finished, but not its clean-up).
@@ -51,13 +53,6 @@ fn staging_dir(new: &Path) -> PathBuf {
     let mut name = new.file_name().unwrap_or_default().to_os_string();
     name.push(".moving");
     new.with_file_name(name)
-}
-
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(parent) => std::fs::File::open(parent)?.sync_all(),
-        None => Ok(()),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,14 +112,17 @@ fn copy_log(old: &Path, dir: &Path) -> Result<(), MoveError> {
         log.purge(Bincoded(last_purged))?;
     }
     let entries = txn.open_table(ENTRIES)?;
-    let mut batch = Vec::new();
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0);
     for row in entries.iter()? {
         let (_, bytes) = row?;
+        batch_bytes += bytes.value().len();
         let entry: Entry<TypeConfig> = bincode::deserialize(bytes.value())?;
         batch.push((Bincoded(entry.log_id), Bincoded(entry.payload)));
-        if batch.len() == ENTRIES_PER_FLUSH {
+        if batch.len() == ENTRIES_PER_FLUSH || batch_bytes >= BYTES_PER_FLUSH {
             log.append(std::mem::take(&mut batch))?;
-            log.flush(false, None)?;
+            batch_bytes = 0;
+            log.flush(true, None)?;
+            log.wait_worker_idle()?;
         }
     }
     log.append(batch)?;

@@ -35,7 +35,7 @@ use openraft::{
     StorageIOError, Vote,
 };
 use raft_log::api::raft_log_writer::RaftLogWriter;
-use raft_log::RaftLog;
+use raft_log::{RaftLog, Types};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -50,12 +50,19 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Besides, every entry of the open chunk stays cached until that chunk is closed and synced:
 /// [`CHUNK_BYTES`] bounds that too.
 const CACHE_ENTRIES: usize = 1024;
+/// The buffer each chunk is replayed through when the log opens.
+const READ_BUFFER_BYTES: usize = 1024 * 1024;
 /// How long the flush thread waits, after taking a write, for more to share its `fdatasync`.
 /// Without a wait it syncs each queued write on its own; `raft-log`'s default (1 ms) would add
 /// most of a millisecond to every lone write.
 const FLUSH_BATCH_WAIT: std::time::Duration = std::time::Duration::from_micros(20);
-/// No record decodes to more than this (a torn or corrupt length cannot ask for more memory).
-const MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
+/// No value is stored larger than this. An entry holds at most a batch of 2 MiB plus one
+/// command, and a command at most `--max-request-bytes` (at most
+/// [`MAX_REQUEST_BYTES_LIMIT`](crate::api::MAX_REQUEST_BYTES_LIMIT)).
+const MAX_VALUE_BYTES: usize = 256 * 1024 * 1024;
+/// What a payload may weigh ([`raft_log::Types::payload_size`]) and still fit below
+/// [`MAX_VALUE_BYTES`] once encoded (a length per command).
+const MAX_PAYLOAD_SIZE: u64 = (MAX_VALUE_BYTES / 2) as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
@@ -75,16 +82,29 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> 
     StorageIOError::write_logs(AnyError::new(&error)).into()
 }
 
-/// A value stored in the log as bincode (the same encoding the redb log used).
+/// A value stored in the log: its length (u32, little-endian), the CRC32 of those four bytes,
+/// then the value as bincode (the encoding the redb log used).
+///
+/// The framing is what lets a replay tell a torn tail from corruption. `raft-log`'s records
+/// carry no length and their CRC32 is checked after the value is decoded, and a record that
+/// ends early (`UnexpectedEof`) is taken for a write cut short by a crash and cut off with
+/// everything after it. A value's own lengths (bincode's) are not checked by anything before the
+/// decode uses them, so a flipped bit in one could read past the end and silently drop fsynced
+/// records, a vote among them. With the frame, a damaged length fails its checksum
+/// (`InvalidData`: the log refuses to open), and only a frame that really ends early reads as
+/// torn.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Bincoded<T>(pub T);
 
 fn bincode_options() -> impl Options {
-    // `bincode::serialize`'s encoding, with a bound on what a decode may read.
+    // `bincode::serialize`'s encoding.
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
-        .with_limit(MAX_RECORD_BYTES)
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 /// bincode's error as an `io::Error` of the same kind where it was one: `raft-log` recognises a
@@ -99,16 +119,42 @@ fn io_error(error: bincode::Error) -> io::Error {
 
 impl<T: Serialize> raft_log::codeq::Encode for Bincoded<T> {
     fn encode<W: io::Write>(&self, mut w: W) -> Result<usize, io::Error> {
-        let bytes = bincode_options().serialize(&self.0).map_err(io_error)?;
-        w.write_all(&bytes)?;
-        Ok(bytes.len())
+        let body = bincode_options().serialize(&self.0).map_err(io_error)?;
+        if body.len() > MAX_VALUE_BYTES {
+            return Err(invalid(format!(
+                "a log value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+                body.len()
+            )));
+        }
+        let length = (body.len() as u32).to_le_bytes();
+        w.write_all(&length)?;
+        w.write_all(&crc32fast::hash(&length).to_le_bytes())?;
+        w.write_all(&body)?;
+        Ok(8 + body.len())
     }
 }
 
 impl<T: DeserializeOwned> raft_log::codeq::Decode for Bincoded<T> {
-    fn decode<R: io::Read>(r: R) -> Result<Self, io::Error> {
+    fn decode<R: io::Read>(mut r: R) -> Result<Self, io::Error> {
+        use io::Read;
+        let mut header = [0u8; 8];
+        r.read_exact(&mut header)?;
+        let (length, checksum) = header.split_at(4);
+        if crc32fast::hash(length).to_le_bytes() != checksum {
+            return Err(invalid("a log value's length fails its checksum".into()));
+        }
+        let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+        if length > MAX_VALUE_BYTES {
+            return Err(invalid(format!("a log value claims {length} bytes")));
+        }
+        // Read as it comes rather than allocated up front: a tail cut short ends the read early.
+        let mut body = Vec::new();
+        r.take(length as u64).read_to_end(&mut body)?;
+        if body.len() < length {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         bincode_options()
-            .deserialize_from(r)
+            .deserialize(&body)
             .map(Bincoded)
             .map_err(io_error)
     }
@@ -170,16 +216,34 @@ fn config(dir: &Path) -> raft_log::Config {
     config.wal.chunk_max_size = Some(CHUNK_BYTES);
     config.wal.flush_batch_wait = Some(FLUSH_BATCH_WAIT);
     config.wal.truncate_incomplete_record = Some(true);
+    // The replay on open reads each chunk through a buffer this large (the default is 64 MiB).
+    config.wal.read_buffer_size = Some(READ_BUFFER_BYTES);
     config
 }
 
 fn open_log(dir: &Path, config: raft_log::Config) -> Result<Log, LogStoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| LogStoreError::Io(dir.to_path_buf(), e))?;
+    if !dir.exists() {
+        // The new directory's name is durable before anything in it is acknowledged.
+        std::fs::create_dir_all(dir)
+            .and_then(|()| sync_parent(dir))
+            .map_err(|e| LogStoreError::Io(dir.to_path_buf(), e))?;
+    }
     let log = Log::open(Arc::new(config)).map_err(|e| LogStoreError::Io(dir.to_path_buf(), e))?;
     // The replay cached the payloads of the last two chunks; only what is not yet evictable
     // (the open chunk's) needs to stay.
     log.drain_cache_evictable();
     Ok(log)
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("the raft log is unusable: a write to it panicked midway")
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => std::fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// The log store; cheap to clone (the reader openraft asks for is a clone).
@@ -206,12 +270,15 @@ impl LogStore {
         })
     }
 
-    fn log(&self) -> std::sync::RwLockReadGuard<'_, Log> {
-        self.log.read().unwrap_or_else(|e| e.into_inner())
+    // A poisoned lock means a write panicked midway: what the log holds in memory may no longer
+    // match what it wrote, so every later use is a storage error (openraft stops the member).
+
+    fn log(&self) -> io::Result<std::sync::RwLockReadGuard<'_, Log>> {
+        self.log.read().map_err(|_| poisoned())
     }
 
-    fn log_mut(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
-        self.log.write().unwrap_or_else(|e| e.into_inner())
+    fn log_mut(&self) -> io::Result<std::sync::RwLockWriteGuard<'_, Log>> {
+        self.log.write().map_err(|_| poisoned())
     }
 
     /// Makes one change to the log and waits until it is durable (with whatever was written
@@ -222,7 +289,7 @@ impl LogStore {
     ) -> io::Result<()> {
         let (done, durable) = tokio::sync::oneshot::channel();
         {
-            let mut log = self.log_mut();
+            let mut log = self.log_mut()?;
             change(&mut log)?;
             log.flush(true, Some(Durable::Done(done)))?;
         }
@@ -255,6 +322,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (from, to) = index_span(&range);
         // Mostly served from the payload cache; older entries are read from their chunk file.
         self.log()
+            .map_err(read_error)?
             .read(from, to)
             .map(|entry| {
                 let (log_id, payload) = entry.map_err(read_error)?;
@@ -271,7 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
-        let log = self.log();
+        let log = self.log().map_err(read_error)?;
         let state = log.log_state();
         let last_purged = state.purged().map(|id| id.0);
         Ok(LogState {
@@ -293,7 +361,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
-        Ok(self.log().log_state().vote().map(|vote| vote.0))
+        let log = self.log().map_err(read_error)?;
+        Ok(log.log_state().vote().map(|vote| vote.0))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
@@ -306,7 +375,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(committed) = committed.map(Bincoded) else {
             return Ok(());
         };
-        let mut log = self.log_mut();
+        let mut log = self.log_mut().map_err(write_error)?;
         let state = log.log_state();
         if Some(&committed) > state.committed() && Some(&committed) <= state.last() {
             log.commit(committed).map_err(write_error)?;
@@ -315,7 +384,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
-        Ok(self.log().log_state().committed().map(|id| id.0))
+        let log = self.log().map_err(read_error)?;
+        Ok(log.log_state().committed().map(|id| id.0))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
@@ -323,14 +393,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<_> = entries
+            .into_iter()
+            .map(|entry| (Bincoded(entry.log_id), Bincoded(entry.payload)))
+            .collect();
+        // Checked before anything is written: `raft-log` writes a record's log id before it
+        // encodes the payload, so a payload refused midway would leave half a record behind.
+        // (The request size limit keeps every entry far below this.)
+        if let Some((log_id, payload)) = entries
+            .iter()
+            .find(|(_, payload)| LogTypes::payload_size(payload) > MAX_PAYLOAD_SIZE)
+        {
+            let size = LogTypes::payload_size(payload);
+            return Err(write_error(invalid(format!(
+                "entry {} of {size} bytes is over the log's limit",
+                log_id.0
+            ))));
+        }
         // Readable at once (openraft's contract for `append`), durable when the callback says.
-        let mut log = self.log_mut();
-        log.append(
-            entries
-                .into_iter()
-                .map(|entry| (Bincoded(entry.log_id), Bincoded(entry.payload))),
-        )
-        .map_err(write_error)?;
+        let mut log = self.log_mut().map_err(write_error)?;
+        log.append(entries).map_err(write_error)?;
         log.flush(true, Some(Durable::Flushed(callback)))
             .map_err(write_error)
     }
@@ -370,24 +452,14 @@ mod tests {
         entries.iter().map(|e| e.log_id.index).collect()
     }
 
-    /// Opens the log in `dir`, waiting for a store of an earlier test step to let go of it (its
-    /// flush thread holds the directory lock until it has written its queue).
+    /// Opens the log in `dir` again (dropping a store joins its flush thread and unlocks the
+    /// directory).
     pub(super) async fn reopen(dir: &Path, legacy: &Path) -> LogStore {
         reopen_with(dir, legacy, config(dir)).await
     }
 
     async fn reopen_with(dir: &Path, legacy: &Path, config: raft_log::Config) -> LogStore {
-        let mut attempts = 0;
-        loop {
-            match LogStore::open_with(dir, legacy, config.clone()) {
-                Ok(log) => return log,
-                Err(error) if attempts == 500 => panic!("the log stays locked: {error}"),
-                Err(_) => {
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-            }
-        }
+        LogStore::open_with(dir, legacy, config).expect("the log opens")
     }
 
     #[test]
@@ -420,14 +492,57 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_length_cannot_ask_for_unbounded_memory() {
-        use raft_log::codeq::Decode;
-        // A Normal payload (variant 1) whose one command claims 2^62 bytes.
-        let mut bytes = 1u32.to_le_bytes().to_vec();
-        bytes.extend(1u64.to_le_bytes());
-        bytes.extend((1u64 << 62).to_le_bytes());
-        let error = Bincoded::<EntryPayload<TypeConfig>>::decode(&bytes[..]).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    fn a_damaged_frame_is_corruption_and_a_short_one_is_torn() {
+        use raft_log::codeq::{Decode, Encode};
+        let mut frame = Vec::new();
+        Bincoded(entry_of(2, 9).payload).encode(&mut frame).unwrap();
+        let decode = |bytes: &[u8]| Bincoded::<EntryPayload<TypeConfig>>::decode(bytes);
+        for damaged_byte in [0, 3, 4, 7] {
+            let mut damaged = frame.clone();
+            damaged[damaged_byte] ^= 0x40;
+            let error = decode(&damaged).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                io::ErrorKind::InvalidData,
+                "byte {damaged_byte}"
+            );
+        }
+        for cut in [3, 8, frame.len() - 1] {
+            let error = decode(&frame[..cut]).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_with_a_damaged_length_refuses_to_open_rather_than_drop_records() {
+        use raft_log::codeq::Encode;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        {
+            let mut log = reopen(&path, &legacy).await;
+            log.blocking_append((1..=20).map(|i| entry_of(1, i)))
+                .await
+                .unwrap();
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        }
+        let mut frame = Vec::new();
+        Bincoded(entry_of(1, 10).payload)
+            .encode(&mut frame)
+            .unwrap();
+        let chunk = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|file| file.extension().is_some_and(|ext| ext == "wal"))
+            .unwrap();
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        let at = bytes
+            .windows(frame.len())
+            .position(|window| window == frame)
+            .unwrap();
+        // The length of entry 10's value now points far past the end of the file.
+        bytes[at + 2] ^= 0x01;
+        std::fs::write(&chunk, &bytes).unwrap();
+        assert!(LogStore::open(&path, &legacy).is_err());
     }
 
     #[tokio::test]
@@ -502,6 +617,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entries_re_appended_after_a_truncation_stay_readable_while_their_chunk_is_open() {
+        // Raft allows this history: a follower holds a deposed leader's uncommitted term-3
+        // entries; the next leader's log has term-2 entries at those indexes, so the follower
+        // truncates and appends log ids lower than the ones a closed chunk ends with.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let mut small = config(&path);
+        small.wal.chunk_max_records = Some(20);
+        small.log_cache_max_items = Some(2);
+        let mut log = reopen_with(&path, &legacy, small.clone()).await;
+        log.blocking_append((1..=10).map(|i| entry_of(1, i)))
+            .await
+            .unwrap();
+        log.save_committed(Some(entry_of(1, 10).log_id))
+            .await
+            .unwrap();
+        log.blocking_append((11..=18).map(|i| entry_of(3, i)))
+            .await
+            .unwrap();
+        assert!(!log.log().unwrap().stat().closed_chunks.is_empty());
+        log.truncate(entry_of(3, 11).log_id).await.unwrap();
+        log.blocking_append((11..=16).map(|i| entry_of(2, i)))
+            .await
+            .unwrap();
+        let read_back = |mut log: LogStore| async move {
+            let entries = log.try_get_log_entries(11..17).await.unwrap();
+            assert_eq!(indexes(&entries), (11..=16).collect::<Vec<_>>());
+            assert!(entries.iter().all(|e| e.log_id.leader_id.term == 2));
+        };
+        read_back(log).await;
+        read_back(reopen_with(&path, &legacy, small).await).await;
+    }
+
+    #[tokio::test]
     async fn entries_older_than_the_cache_are_read_from_their_chunk() {
         let dir = tempfile::tempdir().unwrap();
         let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
@@ -521,7 +670,7 @@ mod tests {
             assert!(
                 matches!(&entries[0].payload, EntryPayload::Normal(r) if r.commands == [b"command 1"])
             );
-            let stat = log.log().stat();
+            let stat = log.log().unwrap().stat();
             assert!(stat.closed_chunks.len() > 2, "{stat}");
             assert!(stat.payload_cache_miss > 0, "{stat}");
             // Eviction is lazy (on the next insert past the bounds), but it happens.
