@@ -141,7 +141,7 @@ mod tests {
     use openraft::storage::RaftLogStorage;
     use openraft::RaftLogReader;
 
-    use super::super::tests::{entry_of, indexes, reopen};
+    use super::super::tests::{assert_state, entry_of, indexes, reopen};
     use super::*;
 
     /// Writes a log as the redb log store of earlier versions did.
@@ -179,14 +179,12 @@ mod tests {
             let mut log = reopen(&path, &legacy).await;
             assert!(!legacy.exists());
             assert!(!staging_dir(&path).exists());
-            let state = log.get_log_state().await.unwrap();
-            assert_eq!(state.last_purged_log_id, Some(entry_of(1, 4).log_id));
-            assert_eq!(state.last_log_id, Some(entry_of(2, 8).log_id));
-            assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
-            assert_eq!(
-                log.read_committed().await.unwrap(),
-                Some(entry_of(2, 7).log_id)
-            );
+            assert_state(
+                &mut log,
+                [entry_of(1, 4), entry_of(2, 8), entry_of(2, 7)],
+                Vote::new(3, 2),
+            )
+            .await;
             let moved = log.try_get_log_entries(0..).await.unwrap();
             assert_eq!(indexes(&moved), vec![5, 6, 7, 8]);
             assert_eq!(

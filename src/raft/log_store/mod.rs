@@ -462,6 +462,20 @@ mod tests {
         LogStore::open_with(dir, legacy, config).expect("the log opens")
     }
 
+    /// Checks what `log` says it holds: the log ids of its purge point, last entry and committed
+    /// entry, and its vote.
+    pub(super) async fn assert_state(
+        log: &mut LogStore,
+        [purged, last, committed]: [Entry<TypeConfig>; 3],
+        vote: Vote<NodeId>,
+    ) {
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(purged.log_id));
+        assert_eq!(state.last_log_id, Some(last.log_id));
+        assert_eq!(log.read_committed().await.unwrap(), Some(committed.log_id));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    }
+
     #[test]
     fn index_spans_are_half_open() {
         assert_eq!(index_span(&(3..7)), (3, 7));
@@ -583,14 +597,12 @@ mod tests {
                 .unwrap();
         }
         let mut reopened = reopen(&path, &legacy).await;
-        let state = reopened.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id, Some(entry_of(1, 2).log_id));
-        assert_eq!(state.last_log_id, Some(entry_of(2, 5).log_id));
-        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
-        assert_eq!(
-            reopened.read_committed().await.unwrap(),
-            Some(entry_of(1, 3).log_id)
-        );
+        assert_state(
+            &mut reopened,
+            [entry_of(1, 2), entry_of(2, 5), entry_of(1, 3)],
+            Vote::new(2, 1),
+        )
+        .await;
         let entries = reopened.try_get_log_entries(0..).await.unwrap();
         assert_eq!(indexes(&entries), vec![3, 4, 5]);
         assert_eq!(entries[2].log_id, entry_of(2, 5).log_id);
