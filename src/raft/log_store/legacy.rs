@@ -12,14 +12,15 @@ use openraft::{Entry, LogId, Vote};
 use raft_log::api::raft_log_writer::RaftLogWriter;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{config, open_log, sync_parent, Bincoded, LogStoreError};
+use super::{check_sizes, config, open_log, sync_parent, Bincoded, LogStoreError};
 use crate::raft::{NodeId, TypeConfig};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
-/// Entries are handed to the flush thread, and synced (which lets their payloads leave the
-/// cache), every this many entries or bytes, so moving a long log takes bounded memory.
+/// Entries are handed to the flush thread and synced every this many entries or bytes, so
+/// moving a long log takes bounded memory (once synced, the payloads of closed chunks may leave
+/// the cache: it holds about a chunk besides its own bounds).
 const ENTRIES_PER_FLUSH: usize = 1024;
 const BYTES_PER_FLUSH: usize = 16 * 1024 * 1024;
 
@@ -119,12 +120,14 @@ fn copy_log(old: &Path, dir: &Path) -> Result<(), MoveError> {
         let entry: Entry<TypeConfig> = bincode::deserialize(bytes.value())?;
         batch.push((Bincoded(entry.log_id), Bincoded(entry.payload)));
         if batch.len() == ENTRIES_PER_FLUSH || batch_bytes >= BYTES_PER_FLUSH {
+            check_sizes(&batch)?;
             log.append(std::mem::take(&mut batch))?;
             batch_bytes = 0;
             log.flush(true, None)?;
             log.wait_worker_idle()?;
         }
     }
+    check_sizes(&batch)?;
     log.append(batch)?;
     if let Some(committed) = committed.flatten().map(Bincoded) {
         if Some(&committed) <= log.log_state().last() {

@@ -103,23 +103,34 @@ fn bincode_options() -> impl Options {
         .allow_trailing_bytes()
 }
 
+/// Refuses entries over the log's limit before anything is written: `raft-log` writes a
+/// record's log id before it encodes the payload, so a payload refused midway would leave half a
+/// record behind. (The request size limit keeps every entry far below this.)
+fn check_sizes(
+    entries: &[(<LogTypes as Types>::LogId, <LogTypes as Types>::LogPayload)],
+) -> io::Result<()> {
+    match entries
+        .iter()
+        .find(|(_, payload)| LogTypes::payload_size(payload) > MAX_PAYLOAD_SIZE)
+    {
+        Some((log_id, payload)) => Err(invalid(format!(
+            "entry {} of {} bytes is over the log's limit",
+            log_id.0,
+            LogTypes::payload_size(payload)
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// bincode's error as an `io::Error` of the same kind where it was one: `raft-log` recognises a
-/// record cut short at the end of the log by `UnexpectedEof`.
-#[allow(clippy::boxed_local)] // bincode::Error is a Box by definition
-fn io_error(error: bincode::Error) -> io::Error {
-    match *error {
-        bincode::ErrorKind::Io(error) => error,
-        other => io::Error::new(io::ErrorKind::InvalidData, other),
-    }
-}
-
 impl<T: Serialize> raft_log::codeq::Encode for Bincoded<T> {
     fn encode<W: io::Write>(&self, mut w: W) -> Result<usize, io::Error> {
-        let body = bincode_options().serialize(&self.0).map_err(io_error)?;
+        let body = bincode_options()
+            .serialize(&self.0)
+            .map_err(|e| invalid(format!("a log value does not encode: {e}")))?;
         if body.len() > MAX_VALUE_BYTES {
             return Err(invalid(format!(
                 "a log value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
@@ -153,10 +164,12 @@ impl<T: DeserializeOwned> raft_log::codeq::Decode for Bincoded<T> {
         if body.len() < length {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        // The frame is whole: a value that does not decode is damaged, never torn (bincode
+        // reports running out of bytes as `UnexpectedEof`, which would read as a torn tail).
         bincode_options()
             .deserialize(&body)
             .map(Bincoded)
-            .map_err(io_error)
+            .map_err(|e| invalid(format!("a log value does not decode: {e}")))
     }
 }
 
@@ -222,12 +235,11 @@ fn config(dir: &Path) -> raft_log::Config {
 }
 
 fn open_log(dir: &Path, config: raft_log::Config) -> Result<Log, LogStoreError> {
-    if !dir.exists() {
-        // The new directory's name is durable before anything in it is acknowledged.
-        std::fs::create_dir_all(dir)
-            .and_then(|()| sync_parent(dir))
-            .map_err(|e| LogStoreError::Io(dir.to_path_buf(), e))?;
-    }
+    // The directory's name is durable before anything in it is acknowledged (synced on every
+    // open: a crash right after creating it would otherwise leave it unsynced for good).
+    std::fs::create_dir_all(dir)
+        .and_then(|()| sync_parent(dir))
+        .map_err(|e| LogStoreError::Io(dir.to_path_buf(), e))?;
     let log = Log::open(Arc::new(config)).map_err(|e| LogStoreError::Io(dir.to_path_buf(), e))?;
     // The replay cached the payloads of the last two chunks; only what is not yet evictable
     // (the open chunk's) needs to stay.
@@ -397,19 +409,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| (Bincoded(entry.log_id), Bincoded(entry.payload)))
             .collect();
-        // Checked before anything is written: `raft-log` writes a record's log id before it
-        // encodes the payload, so a payload refused midway would leave half a record behind.
-        // (The request size limit keeps every entry far below this.)
-        if let Some((log_id, payload)) = entries
-            .iter()
-            .find(|(_, payload)| LogTypes::payload_size(payload) > MAX_PAYLOAD_SIZE)
-        {
-            let size = LogTypes::payload_size(payload);
-            return Err(write_error(invalid(format!(
-                "entry {} of {size} bytes is over the log's limit",
-                log_id.0
-            ))));
-        }
+        check_sizes(&entries).map_err(write_error)?;
         // Readable at once (openraft's contract for `append`), durable when the callback says.
         let mut log = self.log_mut().map_err(write_error)?;
         log.append(entries).map_err(write_error)?;
@@ -548,15 +548,25 @@ mod tests {
             .map(|entry| entry.unwrap().path())
             .find(|file| file.extension().is_some_and(|ext| ext == "wal"))
             .unwrap();
-        let mut bytes = std::fs::read(&chunk).unwrap();
+        let bytes = std::fs::read(&chunk).unwrap();
         let at = bytes
             .windows(frame.len())
             .position(|window| window == frame)
             .unwrap();
-        // The length of entry 10's value now points far past the end of the file.
-        bytes[at + 2] ^= 0x01;
-        std::fs::write(&chunk, &bytes).unwrap();
-        assert!(LogStore::open(&path, &legacy).is_err());
+        for (what, offset) in [
+            ("the length of entry 10's value", 2),
+            // Past the frame's header (8 bytes), the entry's variant (4) and its command count
+            // (8): the length of its one command, which would read past the value's end.
+            ("the length of entry 10's command", 8 + 4 + 8 + 1),
+        ] {
+            let mut damaged = bytes.clone();
+            damaged[at + offset] ^= 0x01;
+            std::fs::write(&chunk, &damaged).unwrap();
+            assert!(
+                LogStore::open(&path, &legacy).is_err(),
+                "the log opened with {what} damaged"
+            );
+        }
     }
 
     #[tokio::test]
