@@ -1,4 +1,4 @@
-//! Writing key material to disk.
+//! Writing key material to disk, and the directory sync that durable writes elsewhere share.
 
 use std::fs::{OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -100,7 +100,9 @@ fn write_pending(temporary: &Path, contents: &[u8], private: bool) -> io::Result
     }
 }
 
-fn sync_parent(path: &Path) -> io::Result<()> {
+/// Fsyncs the directory holding `path`, so that a file or directory just created or renamed
+/// there survives a crash.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),

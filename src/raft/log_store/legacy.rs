@@ -12,7 +12,8 @@ use openraft::{Entry, LogId, Vote};
 use raft_log::api::raft_log_writer::RaftLogWriter;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{check_sizes, config, open_log, sync_parent, Bincoded, LogStoreError};
+use super::{check_sizes, config, open_log, Bincoded, LogStoreError};
+use crate::pki::sync_parent;
 use crate::raft::{NodeId, TypeConfig};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -144,7 +145,7 @@ mod tests {
     use openraft::storage::RaftLogStorage;
     use openraft::RaftLogReader;
 
-    use super::super::tests::{assert_state, entry_of, indexes, reopen};
+    use super::super::tests::{assert_state, entry_of, indexes, log_paths, reopen};
     use super::*;
 
     /// Writes a log as the redb log store of earlier versions did.
@@ -170,8 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_redb_log_moves_into_the_new_log_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let (_dir, path, legacy) = log_paths();
         let entries: Vec<_> = (5..=8).map(|i| entry_of(2, i)).collect();
         write_redb_log(&legacy, &entries);
         // A move cut short earlier left a half-written directory: it is started over.

@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{NodeId, TypeConfig};
+use crate::pki::sync_parent;
 
 /// A chunk file is closed and a new one started past this size; a purge frees whole chunks, so
 /// this bounds the log's disk use beyond the purge point.
@@ -251,13 +252,6 @@ fn poisoned() -> io::Error {
     io::Error::other("the raft log is unusable: a write to it panicked midway")
 }
 
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(parent) => std::fs::File::open(parent)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
 /// The log store; cheap to clone (the reader openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
@@ -452,6 +446,13 @@ mod tests {
         entries.iter().map(|e| e.log_id.index).collect()
     }
 
+    /// A temporary directory, and where the log and an old redb log go in it.
+    pub(super) fn log_paths() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        (dir, path, legacy)
+    }
+
     /// Opens the log in `dir` again (dropping a store joins its flush thread and unlocks the
     /// directory).
     pub(super) async fn reopen(dir: &Path, legacy: &Path) -> LogStore {
@@ -530,8 +531,7 @@ mod tests {
     #[tokio::test]
     async fn a_log_with_a_damaged_length_refuses_to_open_rather_than_drop_records() {
         use raft_log::codeq::Encode;
-        let dir = tempfile::tempdir().unwrap();
-        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let (_dir, path, legacy) = log_paths();
         {
             let mut log = reopen(&path, &legacy).await;
             log.blocking_append((1..=20).map(|i| entry_of(1, i)))
@@ -571,8 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_write_is_readable_at_once_and_durable_across_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let (_dir, path, legacy) = log_paths();
         {
             let mut log = LogStore::open(&path, &legacy).unwrap();
             log.blocking_append((1..=6).map(|i| entry_of(1, i)))
@@ -621,8 +620,7 @@ mod tests {
     #[tokio::test]
     async fn a_purge_past_the_last_entry_moves_the_log_on() {
         // What installing a snapshot does: the log starts again after the snapshot's last entry.
-        let dir = tempfile::tempdir().unwrap();
-        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let (_dir, path, legacy) = log_paths();
         let mut log = LogStore::open(&path, &legacy).unwrap();
         log.blocking_append((1..=3).map(|i| entry_of(1, i)))
             .await
@@ -643,8 +641,7 @@ mod tests {
         // Raft allows this history: a follower holds a deposed leader's uncommitted term-3
         // entries; the next leader's log has term-2 entries at those indexes, so the follower
         // truncates and appends log ids lower than the ones a closed chunk ends with.
-        let dir = tempfile::tempdir().unwrap();
-        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let (_dir, path, legacy) = log_paths();
         let mut small = config(&path);
         small.wal.chunk_max_records = Some(20);
         small.log_cache_max_items = Some(2);
@@ -674,8 +671,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_older_than_the_cache_are_read_from_their_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, legacy) = (dir.path().join("log"), dir.path().join("log.redb"));
+        let (_dir, path, legacy) = log_paths();
         // Small chunks and cache: most entries end up in closed chunks, out of the cache.
         let mut small = config(&path);
         small.wal.chunk_max_size = Some(16 * 1024);
