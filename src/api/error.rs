@@ -96,7 +96,9 @@ impl ApiError {
                 MvccError::Storage(_) | MvccError::DefragmentFile(_) => {
                     etcd(Code::Internal, &error.to_string())
                 }
-                MvccError::DefragmentInterrupted => etcd(Code::Unavailable, &error.to_string()),
+                MvccError::DefragmentInterrupted | MvccError::Failed(_) => {
+                    etcd(Code::Unavailable, &error.to_string())
+                }
             },
             ApiError::NoLeader
             | ApiError::Timeout

@@ -64,6 +64,9 @@ pub(super) struct ApplyState<'txn> {
     leases: Table<'txn, i64, i64>,
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     status: StoreStatus,
+    /// Whether a command wrote the `settings` table (readers of settings alone then need the
+    /// transaction committed; see `Store::begin_read_settings`).
+    pub(super) settings_written: bool,
 }
 
 impl<'txn> ApplyState<'txn> {
@@ -84,6 +87,7 @@ impl<'txn> ApplyState<'txn> {
             lease_keys: txn.open_table(LEASE_KEYS)?,
             meta,
             status,
+            settings_written: false,
         })
     }
 
@@ -128,6 +132,7 @@ impl<'txn> ApplyState<'txn> {
                         return Err(MvccError::SettingChanged);
                     }
                 }
+                self.settings_written = true;
                 // An empty value removes the setting.
                 if setting.value.is_empty() {
                     self.settings.remove(setting.name.as_str())?;

@@ -84,11 +84,7 @@ impl Store {
         let size_before = self.file_size();
         let copy = copy_path(&self.path);
         remove_leftover(&self.path)?;
-        let source = {
-            let mut writer = self.writer();
-            writer.journal = Journal::Recording(Vec::new());
-            self.db().begin_read()?
-        };
+        let source = self.start_journal()?;
         let switched = self.copy_and_switch(source, &copy);
         if switched.is_err() {
             self.writer().journal = Journal::Off;
@@ -100,6 +96,14 @@ impl Store {
             size_after: self.file_size(),
             replayed_batches,
         })
+    }
+
+    /// Starts journaling writes, and returns the read the copy is made from: everything
+    /// applied is either in it or in the journal.
+    fn start_journal(&self) -> Result<ReadTransaction, MvccError> {
+        let mut writer = self.settled_writer()?;
+        writer.journal = Journal::Recording(Vec::new());
+        Ok(self.db().begin_read()?)
     }
 
     fn copy_and_switch(&self, source: ReadTransaction, copy: &Path) -> Result<usize, MvccError> {
@@ -114,17 +118,20 @@ impl Store {
         copy_table(&source, &target, LEASE_KEYS)?;
         drop(source);
 
-        let mut writer = self.writer();
+        // The batch open on the old file is committed there: its applies are in the journal too,
+        // and the next apply must begin its transaction on the copy.
+        let mut writer = self.settled_writer()?;
         let journal = match std::mem::replace(&mut writer.journal, Journal::Off) {
             Journal::Recording(journal) => journal,
             Journal::Interrupted | Journal::Off => return Err(MvccError::DefragmentInterrupted),
         };
+        // Durable (redb's default) before it replaces anything.
+        let replay = target.begin_write()?;
         for batch in &journal {
             let commands: Vec<&[u8]> = batch.commands.iter().map(Vec::as_slice).collect();
-            apply_commands(&target, &commands, &batch.consensus, false)?;
+            apply_commands(&replay, &commands, &batch.consensus)?;
         }
-        // Durable before it replaces anything.
-        target.begin_write()?.commit()?;
+        replay.commit()?;
         std::fs::rename(copy, &self.path)?;
         if let Some(directory) = self.path.parent() {
             std::fs::File::open(directory)?.sync_all()?;
@@ -288,11 +295,7 @@ mod tests {
         apply(&store, put("b".into(), b"2".to_vec()), 2);
 
         // The first half of `defragment`, then a restore, then the switch.
-        let source = {
-            let mut writer = store.writer();
-            writer.journal = Journal::Recording(Vec::new());
-            store.db().begin_read().unwrap()
-        };
+        let source = store.start_journal().unwrap();
         store.restore_snapshot(snapshot.as_slice()).unwrap();
         let copy = copy_path(&store.path);
         assert!(matches!(

@@ -3,7 +3,7 @@
 
 use std::ops::Bound;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::keys::{history_key, history_prefix, KeyRange};
 use super::read::Record;
@@ -31,7 +31,7 @@ impl Store {
         prev_kv: bool,
         max_revisions: i64,
     ) -> Result<Events, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let status = super::read_status(&txn.open_table(super::META)?)?;
         if from < status.compact_revision {
             return Err(MvccError::Compacted);
@@ -104,7 +104,7 @@ impl Store {
     /// one), in key-then-revision order, and the compacted revision. Members that applied the
     /// same log agree on it; a mismatch means divergence.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let status = super::read_status(&txn.open_table(super::META)?)?;
         let revision = if revision <= 0 {
             status.current_revision

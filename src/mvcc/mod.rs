@@ -27,7 +27,15 @@
 //!   resumes exactly after the last applied command. Applies are made durable at most
 //!   [`FLUSH_INTERVAL`] late (the Raft log holds everything after the durable position, and is
 //!   purged only behind a snapshot, which [`Store::write_snapshot`] makes durable first).
-//! - Only [`Store::apply`] writes; it is called in log order by the write path.
+//! - Only [`Store::apply`] writes the keyspace (a snapshot restore replaces it whole); it is
+//!   called in log order by the write path.
+//! - Every read sees every apply that returned before it began. Consecutive applies share one
+//!   open write transaction (as etcd's backend batches its own): committing a redb transaction
+//!   per apply cost half of the apply's CPU. A read that finds applies not yet committed commits
+//!   them first ([`Store::begin_read`]); so does every other writer, since redb has one write
+//!   transaction at a time ([`Store::settled_writer`]).
+//! - A store that lost applies it had reported done (a storage error or a panic with a batch
+//!   open) refuses every read and write until it is reopened ([`MvccError::Failed`]).
 
 mod apply;
 mod compare;
@@ -43,11 +51,14 @@ pub use result::{decode_result, encode_result};
 pub use snapshot::{verify_snapshot, SnapshotError};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::proto::bulwarkpb::{command, Command};
 use crate::proto::etcdserverpb::{
@@ -72,6 +83,13 @@ pub const FIRST_REVISION: i64 = 1;
 /// throughput and file size (`docs/benchmarks.md`). etcd commits every 100 ms, but its bbolt is
 /// keyed by revision and writes a few pages at its end; `latest` and `history` are keyed by key.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// How old a shared write transaction may grow: the first apply after this commits it, if no
+/// read or writer needed it sooner (an idle store keeps its batch until one does, or until it
+/// closes). etcd's backend batch interval.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How many commands one batch may hold before it is committed, whatever its age (etcd's
+/// backend batch limit).
+pub const BATCH_COMMANDS: usize = 10_000;
 
 const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
 const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
@@ -108,6 +126,11 @@ pub enum MvccError {
     DefragmentInterrupted,
     #[error("defragmentation: {0}")]
     DefragmentFile(#[from] std::io::Error),
+    /// A write failed after earlier applies had been reported done but not yet committed: this
+    /// process's view of the store went back in time, so it serves nothing more. A restart
+    /// re-applies the lost applies from the Raft log.
+    #[error("the store failed a write and must be reopened (restart the member): {0}")]
+    Failed(String),
 }
 
 macro_rules! storage_errors {
@@ -158,11 +181,19 @@ pub struct Store {
     /// Replaced (never mutated in place) by a defragmentation; readers hold their own `Arc`.
     db: RwLock<Arc<Database>>,
     path: PathBuf,
-    /// The newest committed revision, published after every commit (watchers wait on it).
-    committed: tokio::sync::watch::Sender<i64>,
+    /// The newest applied revision, published after every apply (watchers wait on it, and read
+    /// it through [`Store::begin_read`], which commits it if needed).
+    applied: tokio::sync::watch::Sender<i64>,
     /// Serialises every writer (applies, flushes, restores, a defragmentation's switch to its
     /// new file); taken before a write transaction is begun.
     writer: Mutex<Writer>,
+    /// What the writer's open batch holds that a read of the last commit would miss
+    /// ([`UNSETTLED_APPLIES`], [`UNSETTLED_SETTINGS`]; both once the writer failed): readers
+    /// that would miss it take the writer lock to commit it. Set under the lock before an apply
+    /// returns; cleared under it by the commit.
+    unsettled: AtomicU8,
+    /// [`BATCH_INTERVAL`], but for tests.
+    batch_interval: Duration,
     /// One defragmentation at a time.
     defragmenting: Mutex<()>,
 }
@@ -170,7 +201,86 @@ pub struct Store {
 struct Writer {
     /// When everything applied was last made durable (see [`Store::apply`]).
     last_flush: Instant,
+    /// Applies done but not yet committed.
+    batch: Option<Batch>,
+    /// Why the store stopped serving, once a write failed with applies uncommitted.
+    failed: Option<String>,
     journal: defrag::Journal,
+}
+
+/// The open write transaction applies share.
+struct Batch {
+    txn: WriteTransaction,
+    began: Instant,
+    commands: usize,
+}
+
+/// The open batch holds applies (any read of the keyspace must commit it first).
+const UNSETTLED_APPLIES: u8 = 1;
+/// The open batch wrote cluster settings (reads of settings must commit it first; the others
+/// see the same settings in the last commit, and a check on every write's path reads them).
+const UNSETTLED_SETTINGS: u8 = 2;
+const UNSETTLED_ALL: u8 = UNSETTLED_APPLIES | UNSETTLED_SETTINGS;
+
+impl Writer {
+    fn check(&self) -> Result<(), MvccError> {
+        match &self.failed {
+            Some(reason) => Err(MvccError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the open batch, if any, so that a read of the last commit misses nothing; then,
+    /// as asked, makes every commit so far durable. The durable commit comes after the readers
+    /// are let go (it takes 15 to 100 ms), so they never wait for it.
+    fn settle(
+        &mut self,
+        db: &Database,
+        unsettled: &AtomicU8,
+        flush: Flush,
+    ) -> Result<(), MvccError> {
+        self.check()?;
+        if let Some(batch) = self.batch.take() {
+            if let Err(error) = batch.txn.commit() {
+                return Err(self.fail(unsettled, error.to_string()));
+            }
+        }
+        unsettled.store(0, Ordering::Release);
+        let durable = match flush {
+            Flush::Now => true,
+            Flush::IfDue => self.last_flush.elapsed() >= FLUSH_INTERVAL,
+            Flush::Later => false,
+        };
+        if durable {
+            // An empty durable commit: redb persists the non-durable commits before it with it.
+            db.begin_write()?.commit()?;
+            self.last_flush = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Records that applies already reported done were lost: from now on the store refuses
+    /// every read and write, until the member restarts and re-applies them from its log.
+    fn fail(&mut self, unsettled: &AtomicU8, reason: String) -> MvccError {
+        tracing::error!(
+            %reason,
+            "the store lost applies it had reported done; it refuses reads and writes until the member restarts"
+        );
+        self.batch = None;
+        self.failed = Some(reason.clone());
+        unsettled.store(UNSETTLED_ALL, Ordering::Release);
+        MvccError::Failed(reason)
+    }
+}
+
+/// When [`Writer::settle`] makes the commits durable.
+#[derive(Clone, Copy)]
+enum Flush {
+    Now,
+    /// When [`FLUSH_INTERVAL`] has passed since the last durable commit.
+    IfDue,
+    /// Only readers or another writer need the batch committed.
+    Later,
 }
 
 impl Store {
@@ -197,76 +307,158 @@ impl Store {
         let store = Store {
             db: RwLock::new(Arc::new(db)),
             path: path.to_path_buf(),
-            committed: tokio::sync::watch::Sender::new(FIRST_REVISION),
+            applied: tokio::sync::watch::Sender::new(FIRST_REVISION),
             writer: Mutex::new(Writer {
                 last_flush: Instant::now(),
+                batch: None,
+                failed: None,
                 journal: defrag::Journal::Off,
             }),
+            unsettled: AtomicU8::new(0),
+            batch_interval: BATCH_INTERVAL,
             defragmenting: Mutex::new(()),
         };
         store.publish()?;
         Ok(store)
     }
 
-    /// Tells watchers the newest committed revision.
+    /// Tells watchers the newest revision.
     fn publish(&self) -> Result<(), MvccError> {
         let current = self.status()?.current_revision;
-        self.committed.send_replace(current);
+        self.applied.send_replace(current);
         Ok(())
     }
 
-    /// A receiver that sees the newest committed revision change (after each apply or restore).
+    /// A receiver that sees the newest revision change (after each apply or restore).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.committed.subscribe()
+        self.applied.subscribe()
     }
 
-    /// Applies encoded [`Command`]s in order in one redb transaction, and records `consensus`
-    /// (the caller's log position) with them. Returns one result per command; a command that
-    /// fails changes nothing, and the others still apply. An `Err` means nothing of the batch was
-    /// written.
+    /// Applies encoded [`Command`]s in order, and records `consensus` (the caller's log
+    /// position) with them, in the same redb transaction. Returns one result per command; a
+    /// command that fails changes nothing, and the others still apply.
     ///
-    /// The commit is durable only every [`FLUSH_INTERVAL`] (the Raft log is the durable record
-    /// of every applied command, so a crash loses nothing: openraft re-applies the log after the
-    /// durable position); [`Store::flush`] makes everything applied so far durable.
+    /// The transaction is shared with the applies before and after this one (see the module
+    /// documentation) and committed by the first apply that finds it [`BATCH_INTERVAL`] old or
+    /// holding [`BATCH_COMMANDS`], or when a read or another writer needs it. Commits are made
+    /// durable by the first apply [`FLUSH_INTERVAL`] after the last durable one: the Raft log is
+    /// the durable record of every applied command, so a crash loses nothing (openraft
+    /// re-applies the log after the durable position); [`Store::flush`] makes everything
+    /// applied so far durable.
+    ///
+    /// An `Err` (a storage failure) means nothing of this apply was written. If uncommitted
+    /// applies before it were lost with it, the store then refuses everything
+    /// ([`MvccError::Failed`]) until it is reopened.
     pub fn apply(
         &self,
         commands: &[&[u8]],
         consensus: &[u8],
     ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
         let mut writer = self.writer();
-        let durable = writer.last_flush.elapsed() >= FLUSH_INTERVAL;
-        let (results, current_revision) = apply_commands(&self.db(), commands, consensus, durable)?;
-        if durable {
-            writer.last_flush = Instant::now();
+        writer.check()?;
+        let db = self.db();
+        let had_uncommitted_applies = writer.batch.is_some();
+        let mut batch = match writer.batch.take() {
+            Some(batch) => batch,
+            None => Batch {
+                txn: begin_write_nondurable(&db)?,
+                began: Instant::now(),
+                commands: 0,
+            },
+        };
+        let applied = match apply_commands(&batch.txn, commands, consensus) {
+            Ok(applied) => applied,
+            Err(error) => {
+                // Dropping the transaction rolls back this apply, and every uncommitted one
+                // before it: then the store's state is behind what was reported applied.
+                drop(batch);
+                if had_uncommitted_applies {
+                    return Err(writer.fail(&self.unsettled, error.to_string()));
+                }
+                return Err(error);
+            }
+        };
+        batch.commands += commands.len();
+        let full = batch.began.elapsed() >= self.batch_interval || batch.commands >= BATCH_COMMANDS;
+        writer.batch = Some(batch);
+        // Readers may commit every batch before it is full: the durable interval is checked on
+        // every apply.
+        if full || writer.last_flush.elapsed() >= FLUSH_INTERVAL {
+            writer.settle(&db, &self.unsettled, Flush::IfDue)?;
+        } else {
+            let settings = if applied.settings_written {
+                UNSETTLED_SETTINGS
+            } else {
+                0
+            };
+            self.unsettled
+                .fetch_or(UNSETTLED_APPLIES | settings, Ordering::Release);
         }
         writer.journal.record(commands, consensus);
         drop(writer);
         // The transaction knew the revision it ended at: no read transaction to ask again.
-        self.committed.send_replace(current_revision);
-        Ok(results)
+        self.applied.send_replace(applied.current_revision);
+        Ok(applied.results)
     }
 
-    /// Makes every commit so far durable (an empty durable commit: redb persists the
-    /// non-durable commits before it with it).
+    /// Makes everything applied so far durable.
     pub fn flush(&self) -> Result<(), MvccError> {
-        let mut writer = self.writer();
-        self.db().begin_write()?.commit()?;
-        writer.last_flush = Instant::now();
-        Ok(())
+        self.writer()
+            .settle(&self.db(), &self.unsettled, Flush::Now)
     }
 
     /// The current database (a defragmentation may replace it; a caller keeps the one it got).
+    /// Read it through [`Store::begin_read`] and write it under [`Store::settled_writer`].
     fn db(&self) -> Arc<Database> {
         self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        match self.writer.lock() {
+            Ok(writer) => writer,
+            Err(poisoned) => {
+                // A panic under the lock may have dropped the open batch half-applied.
+                let mut writer = poisoned.into_inner();
+                if writer.failed.is_none() {
+                    writer.fail(&self.unsettled, "a write panicked".to_string());
+                }
+                writer
+            }
+        }
+    }
+
+    /// The writer lock, with every apply so far committed: for the writers that begin their own
+    /// transaction (redb has one write transaction at a time, so beginning another while a batch
+    /// is open would wait forever).
+    fn settled_writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>, MvccError> {
+        let mut writer = self.writer();
+        writer.settle(&self.db(), &self.unsettled, Flush::Later)?;
+        Ok(writer)
+    }
+
+    /// A read transaction that sees every apply that returned before this call: an open batch
+    /// is committed first.
+    fn begin_read(&self) -> Result<ReadTransaction, MvccError> {
+        self.begin_read_missing_nothing_of(UNSETTLED_APPLIES)
+    }
+
+    /// A read transaction whose `settings` table holds every setting applied before this call.
+    /// It commits the open batch only if that wrote settings (rare), so the check of the alarms
+    /// on every write's path never waits for an apply.
+    fn begin_read_settings(&self) -> Result<ReadTransaction, MvccError> {
+        self.begin_read_missing_nothing_of(UNSETTLED_SETTINGS)
+    }
+
+    fn begin_read_missing_nothing_of(&self, needed: u8) -> Result<ReadTransaction, MvccError> {
+        if self.unsettled.load(Ordering::Acquire) & needed != 0 {
+            drop(self.settled_writer()?);
+        }
+        Ok(self.db().begin_read()?)
     }
 
     /// Every lease: (id, granted TTL in seconds).
     pub fn leases(&self) -> Result<Vec<(i64, i64)>, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(LEASES)?;
         let mut leases = Vec::new();
         for row in table.iter()? {
@@ -278,7 +470,7 @@ impl Store {
 
     /// A lease's granted TTL and attached keys, if it exists.
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let Some(ttl) = txn.open_table(LEASES)?.get(id)? else {
             return Ok(None);
         };
@@ -298,7 +490,7 @@ impl Store {
 
     /// Every cluster setting whose name starts with `prefix`.
     pub fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read_settings()?;
         let table = txn.open_table(SETTINGS)?;
         let mut found = Vec::new();
         for row in table.range(prefix..)? {
@@ -313,14 +505,14 @@ impl Store {
 
     /// A cluster setting stored by a `set_setting` command.
     pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read_settings()?;
         let table = txn.open_table(SETTINGS)?;
         Ok(table.get(name)?.map(|v| v.value().to_vec()))
     }
 
     /// The `consensus` bytes of the last [`Store::apply`], if any.
     pub fn consensus_state(&self) -> Result<Option<Vec<u8>>, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(CONSENSUS)?;
         Ok(table.get(CONSENSUS_APPLIED)?.map(|v| v.value().to_vec()))
     }
@@ -328,7 +520,7 @@ impl Store {
     /// A range read at the current revision or at `req.revision`, with etcd's limit, sort and
     /// filter rules. Sees every command applied before the call.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let status = read_status(&txn.open_table(META)?)?;
         let latest = txn.open_table(LATEST)?;
         let history = txn.open_table(HISTORY)?;
@@ -336,7 +528,7 @@ impl Store {
     }
 
     pub fn status(&self) -> Result<StoreStatus, MvccError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         read_status(&txn.open_table(META)?)
     }
 
@@ -365,24 +557,35 @@ fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
-/// Applies `commands` in order in one write transaction of `db`, recording `consensus` with
-/// them (see [`Store::apply`]); durable (fsynced) only when asked. Also returns the revision
-/// the store is at afterwards.
+/// A write transaction whose commit is not fsynced (made durable later by a durable one).
+fn begin_write_nondurable(db: &Database) -> Result<WriteTransaction, MvccError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::None)
+        .map_err(|e| MvccError::Storage(e.into()))?;
+    Ok(txn)
+}
+
+/// What [`apply_commands`] did.
+struct Applied {
+    /// One per command.
+    results: Vec<Result<CommandResponse, MvccError>>,
+    /// The revision the store is at afterwards.
+    current_revision: i64,
+    settings_written: bool,
+}
+
+/// Applies `commands` in order in `txn`, recording `consensus` with them (see
+/// [`Store::apply`]).
 fn apply_commands(
-    db: &Database,
+    txn: &WriteTransaction,
     commands: &[&[u8]],
     consensus: &[u8],
-    durable: bool,
-) -> Result<(Vec<Result<CommandResponse, MvccError>>, i64), MvccError> {
-    let mut txn = db.begin_write()?;
-    if !durable {
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| MvccError::Storage(e.into()))?;
-    }
+) -> Result<Applied, MvccError> {
     let mut results = Vec::with_capacity(commands.len());
     let current_revision;
+    let settings_written;
     {
-        let mut state = apply::ApplyState::open(&txn)?;
+        let mut state = apply::ApplyState::open(txn)?;
         for payload in commands {
             let result = match Command::decode(*payload) {
                 Ok(command) => state.apply(command),
@@ -399,9 +602,13 @@ fn apply_commands(
         txn.open_table(CONSENSUS)?
             .insert(CONSENSUS_APPLIED, consensus)?;
         current_revision = state.current_revision();
+        settings_written = state.settings_written;
     }
-    txn.commit()?;
-    Ok((results, current_revision))
+    Ok(Applied {
+        results,
+        current_revision,
+        settings_written,
+    })
 }
 
 /// Encodes a command as the bytes a log entry carries.

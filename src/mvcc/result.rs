@@ -25,9 +25,11 @@ pub fn encode_result(result: &Result<CommandResponse, MvccError>) -> Vec<u8> {
                 MvccError::LeaseNotFound => Reason::LeaseNotFound,
                 MvccError::LeaseExists => Reason::LeaseExists,
                 MvccError::SettingChanged => Reason::SettingChanged,
-                // Applying never fails with a defragmentation error; listed for completeness.
+                // Per-command results never carry a storage, failed-store or defragmentation
+                // error (those fail the whole apply); listed for completeness.
                 MvccError::Corrupt(_)
                 | MvccError::Storage(_)
+                | MvccError::Failed(_)
                 | MvccError::DefragmentInterrupted
                 | MvccError::DefragmentFile(_) => Reason::Corrupt,
             };

@@ -15,7 +15,7 @@
 
 use std::io::{Read, Write};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -116,7 +116,7 @@ impl Store {
         keep_setting: impl Fn(&str) -> bool,
     ) -> Result<Option<Vec<u8>>, SnapshotError> {
         let mut position = None;
-        let txn = self.db().begin_read().map_err(MvccError::from)?;
+        let txn = self.begin_read()?;
         // Raft purges its log behind a snapshot's position, so the store must not lose what the
         // snapshot holds: everything this read sees is made durable before it is dumped.
         self.flush()?;
@@ -178,7 +178,7 @@ impl Store {
         input.read_to_end(&mut bytes)?;
         let records = parse(&bytes)?;
 
-        let mut writer = self.writer();
+        let mut writer = self.settled_writer()?;
         // A defragmentation copying the old contents must not switch to them afterwards.
         writer.journal.interrupt();
         let txn = self.db().begin_write().map_err(MvccError::from)?;
@@ -253,6 +253,8 @@ impl Store {
             }
         }
         txn.commit().map_err(MvccError::from)?;
+        // A read under the writer lock: it must not need the lock (no batch is open: the lock
+        // was taken settled and no apply ran since).
         self.publish()?;
         Ok(())
     }
@@ -268,7 +270,7 @@ impl Store {
     /// the join tokens (they pin the old CA) and the CA rotation record
     /// (`identities::rotation::ROTATION_SETTING`). Used when a snapshot seeds a new cluster.
     pub fn forget_cluster(&self) -> Result<(), MvccError> {
-        let mut writer = self.writer();
+        let mut writer = self.settled_writer()?;
         writer.journal.interrupt();
         let txn = self.db().begin_write()?;
         {

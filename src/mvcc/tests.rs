@@ -397,7 +397,7 @@ fn compaction_drops_history_but_keeps_reads_at_and_after_it() {
     assert!(matches!(f.compact(4), Err(MvccError::Compacted)));
     assert!(matches!(f.compact(7), Err(MvccError::FutureRevision)));
     // Only a@3 (newest at or below 5) and a@6 remain; b's tombstone went too.
-    let txn = f.store.db().begin_read().unwrap();
+    let txn = f.store.begin_read().unwrap();
     assert_eq!(txn.open_table(HISTORY).unwrap().len().unwrap(), 2);
     assert_eq!(txn.open_table(BY_REVISION).unwrap().len().unwrap(), 2);
 }
@@ -574,7 +574,7 @@ fn a_txn_is_one_revision_of_events_and_compaction_cuts_history() {
 }
 
 #[test]
-fn subscribers_see_each_committed_revision() {
+fn subscribers_see_each_applied_revision() {
     let mut f = Fixture::new();
     let mut committed = f.store.subscribe();
     assert_eq!(*committed.borrow_and_update(), 1);
@@ -652,4 +652,182 @@ fn a_backup_leaves_out_the_clusters_secrets_and_keeps_everything_else() {
         target.get("k", "", 0).unwrap(),
         source.get("k", "", 0).unwrap()
     );
+}
+
+/// A store whose applies share one transaction until a read or another writer needs it, however
+/// slow the machine is.
+fn batching_store(dir: &tempfile::TempDir) -> Store {
+    let mut store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
+    store.batch_interval = Duration::from_secs(3600);
+    store
+}
+
+fn apply_one(store: &Store, kind: command::Kind, position: &[u8]) -> CommandResponse {
+    let payload = encode_command(kind);
+    let mut results = store.apply(&[payload.as_slice()], position).unwrap();
+    results.pop().unwrap().unwrap()
+}
+
+fn batch_is_open(store: &Store) -> bool {
+    store.writer().batch.is_some()
+}
+
+#[test]
+fn every_read_sees_the_applies_before_it_though_they_share_an_uncommitted_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = batching_store(&dir);
+    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+    assert!(
+        batch_is_open(&store),
+        "each apply committed its own transaction"
+    );
+
+    let read = store
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(read.kvs.len(), 2);
+    assert!(!batch_is_open(&store), "the read did not commit the batch");
+
+    apply_one(&store, command::Kind::Put(put_req("c", "3")), b"3");
+    assert_eq!(store.status().unwrap().current_revision, 4);
+    apply_one(&store, command::Kind::Put(put_req("d", "4")), b"4");
+    let all = KeyRange::new(b"\0", b"\0");
+    assert_eq!(store.events(&all, 5, 5, false, 10).unwrap().events.len(), 1);
+    apply_one(&store, command::Kind::Put(put_req("e", "5")), b"5");
+    assert_eq!(store.consensus_state().unwrap().unwrap(), b"5");
+}
+
+#[test]
+fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = batching_store(&dir);
+    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    assert!(store.settings_with_prefix("alarm/").unwrap().is_empty());
+    assert!(
+        batch_is_open(&store),
+        "a settings read committed a batch that wrote no setting"
+    );
+
+    let setting = crate::proto::bulwarkpb::Setting {
+        name: "alarm/NOSPACE/1".into(),
+        value: b"NOSPACE".to_vec(),
+        ..Default::default()
+    };
+    apply_one(&store, command::Kind::SetSetting(setting), b"2");
+    assert_eq!(
+        store.settings_with_prefix("alarm/").unwrap(),
+        vec![("alarm/NOSPACE/1".to_string(), b"NOSPACE".to_vec())]
+    );
+    assert!(!batch_is_open(&store));
+
+    let removal = crate::proto::bulwarkpb::Setting {
+        name: "alarm/NOSPACE/1".into(),
+        ..Default::default()
+    };
+    apply_one(&store, command::Kind::SetSetting(removal), b"3");
+    assert_eq!(store.setting("alarm/NOSPACE/1").unwrap(), None);
+}
+
+#[test]
+fn a_store_closed_with_an_open_batch_reopens_with_every_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = batching_store(&dir);
+        apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+        apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+        assert!(batch_is_open(&store));
+    }
+    let store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
+    assert_eq!(store.status().unwrap().current_revision, 3);
+    assert_eq!(store.consensus_state().unwrap().unwrap(), b"2");
+}
+
+#[test]
+fn a_store_that_lost_uncommitted_applies_refuses_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = batching_store(&dir);
+    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    // What `Store::apply` records when a storage error rolls the open batch back.
+    store.writer().batch = None;
+    store.writer().failed = Some("injected".into());
+    store.unsettled.store(UNSETTLED_ALL, Ordering::Release);
+
+    assert!(matches!(store.status(), Err(MvccError::Failed(_))));
+    assert!(matches!(store.setting("x"), Err(MvccError::Failed(_))));
+    let payload = encode_command(command::Kind::Put(put_req("b", "2")));
+    assert!(matches!(
+        store.apply(&[payload.as_slice()], b"2"),
+        Err(MvccError::Failed(_))
+    ));
+    assert!(matches!(store.flush(), Err(MvccError::Failed(_))));
+}
+
+#[test]
+fn a_batch_older_than_the_interval_is_committed_by_the_next_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
+    store.batch_interval = Duration::ZERO;
+    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    assert!(!batch_is_open(&store));
+}
+
+#[test]
+fn a_panic_under_the_writer_lock_makes_the_store_refuse_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(batching_store(&dir));
+    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    let panicking = store.clone();
+    std::thread::spawn(move || {
+        let _writer = panicking.writer();
+        panic!("a panic while applying, with a batch open");
+    })
+    .join()
+    .unwrap_err();
+
+    assert!(matches!(store.status(), Err(MvccError::Failed(_))));
+    let payload = encode_command(command::Kind::Put(put_req("b", "2")));
+    assert!(matches!(
+        store.apply(&[payload.as_slice()], b"2"),
+        Err(MvccError::Failed(_))
+    ));
+}
+
+#[test]
+fn reads_racing_applies_never_see_a_revision_older_than_an_apply_that_returned() {
+    use std::sync::atomic::AtomicI64;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(batching_store(&dir));
+    let returned = std::sync::Arc::new(AtomicI64::new(FIRST_REVISION));
+    let applying = {
+        let (store, returned) = (store.clone(), returned.clone());
+        std::thread::spawn(move || {
+            for i in 0..2_000u64 {
+                let put = command::Kind::Put(put_req(&format!("k{}", i % 50), "v"));
+                match apply_one(&store, put, &i.to_be_bytes()) {
+                    CommandResponse::Put(put) => returned.store(
+                        put.header.unwrap().revision,
+                        std::sync::atomic::Ordering::SeqCst,
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+    };
+    let mut reads = 0;
+    while !applying.is_finished() || reads == 0 {
+        let before = returned.load(std::sync::atomic::Ordering::SeqCst);
+        let seen = store.status().unwrap().current_revision;
+        assert!(
+            seen >= before,
+            "read revision {seen} after apply of {before} returned"
+        );
+        reads += 1;
+    }
+    applying.join().unwrap();
+    assert_eq!(store.status().unwrap().current_revision, 2_001);
 }

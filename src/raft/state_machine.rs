@@ -61,6 +61,9 @@ struct StoredSnapshot {
 pub struct StateMachine {
     store: Arc<Store>,
     snapshot_path: PathBuf,
+    /// The position as the last apply left it, so that an apply needs no read of the store
+    /// (which would commit the store's open batch every time). `None`: read it from the store.
+    position: Option<Position>,
 }
 
 impl StateMachine {
@@ -68,6 +71,7 @@ impl StateMachine {
         StateMachine {
             store,
             snapshot_path,
+            position: None,
         }
     }
 
@@ -133,6 +137,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>)> {
         let position = read_position(self.store.consensus_state().map_err(read_error)?)?;
+        self.position = Some(position.clone());
         Ok((position.last_applied, position.membership))
     }
 
@@ -141,7 +146,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut position = read_position(self.store.consensus_state().map_err(read_error)?)?;
+        let mut position = match self.position.take() {
+            Some(position) => position,
+            None => read_position(self.store.consensus_state().map_err(read_error)?)?,
+        };
         // For each entry, how many commands it carries (and so how many results it gets).
         let mut commands_per_entry = Vec::new();
         let mut commands = Vec::new();
@@ -160,9 +168,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         if commands_per_entry.is_empty() {
+            self.position = Some(position);
             return Ok(Vec::new());
         }
         let encoded_position = bincode::serialize(&position).map_err(write_error)?;
+        let applied_position = position;
         let store = self.store.clone();
         let results = tokio::task::spawn_blocking(move || {
             let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
@@ -171,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(write_error)?
         .map_err(write_error)?;
+        self.position = Some(applied_position);
         let mut results = results.iter().map(encode_result);
         Ok(commands_per_entry
             .into_iter()
@@ -193,6 +204,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, MemberNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
+        self.position = None;
         let data = snapshot.into_inner();
         let store = self.store.clone();
         let restored = data.clone();
