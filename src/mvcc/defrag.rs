@@ -133,11 +133,13 @@ impl Store {
         }
         replay.commit()?;
         std::fs::rename(copy, &self.path)?;
+        // The copy is the store's file from the rename on: switch to it even if the directory
+        // sync fails, or later writes would go to the unlinked old file.
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(target);
+        writer.last_flush = Instant::now();
         if let Some(directory) = self.path.parent() {
             std::fs::File::open(directory)?.sync_all()?;
         }
-        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(target);
-        writer.last_flush = Instant::now();
         Ok(journal.len())
     }
 }

@@ -192,8 +192,6 @@ pub struct Store {
     /// that would miss it take the writer lock to commit it. Set under the lock before an apply
     /// returns; cleared under it by the commit.
     unsettled: AtomicU8,
-    /// [`BATCH_INTERVAL`], but for tests.
-    batch_interval: Duration,
     /// One defragmentation at a time.
     defragmenting: Mutex<()>,
 }
@@ -201,6 +199,9 @@ pub struct Store {
 struct Writer {
     /// When everything applied was last made durable (see [`Store::apply`]).
     last_flush: Instant,
+    /// [`BATCH_INTERVAL`] and [`FLUSH_INTERVAL`] (tests set others).
+    batch_interval: Duration,
+    flush_interval: Duration,
     /// Applies done but not yet committed.
     batch: Option<Batch>,
     /// Why the store stopped serving, once a write failed with applies uncommitted.
@@ -232,7 +233,11 @@ impl Writer {
 
     /// Commits the open batch, if any, so that a read of the last commit misses nothing; then,
     /// as asked, makes every commit so far durable. The durable commit comes after the readers
-    /// are let go (it takes 15 to 100 ms), so they never wait for it.
+    /// are let go (it takes 15 to 100 ms), so only a reader that found the batch open just
+    /// before waits for it.
+    ///
+    /// With [`Flush::IfDue`], a failed durable commit is logged, not returned: everything is
+    /// committed and readable, and the next apply tries the durable commit again.
     fn settle(
         &mut self,
         db: &Database,
@@ -248,15 +253,28 @@ impl Writer {
         unsettled.store(0, Ordering::Release);
         let durable = match flush {
             Flush::Now => true,
-            Flush::IfDue => self.last_flush.elapsed() >= FLUSH_INTERVAL,
+            Flush::IfDue => self.flush_due(),
             Flush::Later => false,
         };
         if durable {
             // An empty durable commit: redb persists the non-durable commits before it with it.
-            db.begin_write()?.commit()?;
-            self.last_flush = Instant::now();
+            match db
+                .begin_write()
+                .map_err(MvccError::from)
+                .and_then(|txn| Ok(txn.commit()?))
+            {
+                Ok(()) => self.last_flush = Instant::now(),
+                Err(error) if matches!(flush, Flush::IfDue) => {
+                    tracing::warn!(%error, "could not make the store durable; will try again");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
+    }
+
+    fn flush_due(&self) -> bool {
+        self.last_flush.elapsed() >= self.flush_interval
     }
 
     /// Records that applies already reported done were lost: from now on the store refuses
@@ -310,12 +328,13 @@ impl Store {
             applied: tokio::sync::watch::Sender::new(FIRST_REVISION),
             writer: Mutex::new(Writer {
                 last_flush: Instant::now(),
+                batch_interval: BATCH_INTERVAL,
+                flush_interval: FLUSH_INTERVAL,
                 batch: None,
                 failed: None,
                 journal: defrag::Journal::Off,
             }),
             unsettled: AtomicU8::new(0),
-            batch_interval: BATCH_INTERVAL,
             defragmenting: Mutex::new(()),
         };
         store.publish()?;
@@ -379,11 +398,14 @@ impl Store {
             }
         };
         batch.commands += commands.len();
-        let full = batch.began.elapsed() >= self.batch_interval || batch.commands >= BATCH_COMMANDS;
+        let full =
+            batch.began.elapsed() >= writer.batch_interval || batch.commands >= BATCH_COMMANDS;
         writer.batch = Some(batch);
+        writer.journal.record(commands, consensus);
         // Readers may commit every batch before it is full: the durable interval is checked on
         // every apply.
-        if full || writer.last_flush.elapsed() >= FLUSH_INTERVAL {
+        if full || writer.flush_due() {
+            // An `Err` here means the commit failed and the store has failed with it.
             writer.settle(&db, &self.unsettled, Flush::IfDue)?;
         } else {
             let settings = if applied.settings_written {
@@ -394,7 +416,6 @@ impl Store {
             self.unsettled
                 .fetch_or(UNSETTLED_APPLIES | settings, Ordering::Release);
         }
-        writer.journal.record(commands, consensus);
         drop(writer);
         // The transaction knew the revision it ended at: no read transaction to ask again.
         self.applied.send_replace(applied.current_revision);
@@ -417,9 +438,12 @@ impl Store {
         match self.writer.lock() {
             Ok(writer) => writer,
             Err(poisoned) => {
-                // A panic under the lock may have dropped the open batch half-applied.
+                // A panic under the lock lost applies reported done only if it dropped the batch
+                // that held them (an apply or a commit that panicked midway).
                 let mut writer = poisoned.into_inner();
-                if writer.failed.is_none() {
+                let lost = writer.batch.is_none()
+                    && self.unsettled.load(Ordering::Acquire) & UNSETTLED_APPLIES != 0;
+                if lost && writer.failed.is_none() {
                     writer.fail(&self.unsettled, "a write panicked".to_string());
                 }
                 writer

@@ -657,8 +657,11 @@ fn a_backup_leaves_out_the_clusters_secrets_and_keeps_everything_else() {
 /// A store whose applies share one transaction until a read or another writer needs it, however
 /// slow the machine is.
 fn batching_store(dir: &tempfile::TempDir) -> Store {
-    let mut store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
-    store.batch_interval = Duration::from_secs(3600);
+    let store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
+    let mut writer = store.writer();
+    writer.batch_interval = Duration::from_secs(3600);
+    writer.flush_interval = Duration::from_secs(3600);
+    drop(writer);
     store
 }
 
@@ -768,22 +771,47 @@ fn a_store_that_lost_uncommitted_applies_refuses_reads_and_writes() {
 }
 
 #[test]
-fn a_batch_older_than_the_interval_is_committed_by_the_next_apply() {
+fn a_batch_past_its_interval_or_size_or_due_for_durability_is_committed_by_the_next_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
-    store.batch_interval = Duration::ZERO;
+    let store = batching_store(&dir);
     apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
-    assert!(!batch_is_open(&store));
+    assert!(batch_is_open(&store));
+    store.writer().batch_interval = Duration::ZERO;
+    apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+    assert!(!batch_is_open(&store), "an old batch stayed open");
+
+    store.writer().batch_interval = Duration::from_secs(3600);
+    let payloads: Vec<_> = (0..BATCH_COMMANDS)
+        .map(|i| encode_command(command::Kind::Put(put_req(&format!("k{i}"), "v"))))
+        .collect();
+    let commands: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    store.apply(&commands, b"3").unwrap();
+    assert!(!batch_is_open(&store), "a full batch stayed open");
+
+    apply_one(&store, command::Kind::Put(put_req("c", "3")), b"4");
+    let flushed_before = store.writer().last_flush;
+    store.writer().flush_interval = Duration::ZERO;
+    apply_one(&store, command::Kind::Put(put_req("d", "4")), b"5");
+    assert!(
+        !batch_is_open(&store),
+        "a batch due for durability stayed open"
+    );
+    assert!(
+        store.writer().last_flush > flushed_before,
+        "no durable commit"
+    );
 }
 
 #[test]
-fn a_panic_under_the_writer_lock_makes_the_store_refuse_everything() {
+fn a_panic_that_dropped_the_batch_makes_the_store_refuse_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(batching_store(&dir));
     apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
     let panicking = store.clone();
     std::thread::spawn(move || {
-        let _writer = panicking.writer();
+        // As a panic inside an apply leaves it: the batch taken out and dropped.
+        let mut writer = panicking.writer();
+        writer.batch = None;
         panic!("a panic while applying, with a batch open");
     })
     .join()
@@ -830,4 +858,22 @@ fn reads_racing_applies_never_see_a_revision_older_than_an_apply_that_returned()
     }
     applying.join().unwrap();
     assert_eq!(store.status().unwrap().current_revision, 2_001);
+}
+
+#[test]
+fn a_panic_under_the_writer_lock_that_lost_nothing_leaves_the_store_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(batching_store(&dir));
+    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    let panicking = store.clone();
+    std::thread::spawn(move || {
+        let _writer = panicking.writer();
+        panic!("a panic with the batch left in place");
+    })
+    .join()
+    .unwrap_err();
+
+    assert_eq!(store.status().unwrap().current_revision, 2);
+    apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+    assert_eq!(store.status().unwrap().current_revision, 3);
 }
