@@ -75,13 +75,21 @@ impl StateMachine {
         }
     }
 
+    /// Replaces the kept snapshot, durably: the log is purged behind it next, so after a crash
+    /// the file must hold this snapshot, not the one before. Written as it is serialized (a
+    /// whole second copy in memory would double the peak of a large store's snapshot).
     fn save_snapshot(&self, snapshot: &StoredSnapshot) -> StoreResult<()> {
-        let bytes = bincode::serialize(snapshot).map_err(snapshot_error)?;
         let temporary = self.snapshot_path.with_extension("tmp");
-        std::fs::write(&temporary, &bytes)
-            .and_then(|_| std::fs::File::open(&temporary)?.sync_all())
-            .and_then(|_| std::fs::rename(&temporary, &self.snapshot_path))
-            .map_err(snapshot_error)
+        let save = || -> std::io::Result<()> {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+            bincode::serialize_into(&mut file, snapshot).map_err(std::io::Error::other)?;
+            file.into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?
+                .sync_all()?;
+            std::fs::rename(&temporary, &self.snapshot_path)?;
+            crate::pki::sync_parent(&self.snapshot_path)
+        };
+        save().map_err(snapshot_error)
     }
 
     fn load_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
