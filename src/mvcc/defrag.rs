@@ -137,9 +137,7 @@ impl Store {
         // sync fails, or later writes would go to the unlinked old file.
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(target);
         writer.last_flush = Instant::now();
-        if let Some(directory) = self.path.parent() {
-            std::fs::File::open(directory)?.sync_all()?;
-        }
+        crate::pki::sync_parent(&self.path)?;
         Ok(journal.len())
     }
 }

@@ -656,13 +656,14 @@ fn a_backup_leaves_out_the_clusters_secrets_and_keeps_everything_else() {
 
 /// A store whose applies share one transaction until a read or another writer needs it, however
 /// slow the machine is.
-fn batching_store(dir: &tempfile::TempDir) -> Store {
+fn batching_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
     let mut writer = store.writer();
     writer.batch_interval = Duration::from_secs(3600);
     writer.flush_interval = Duration::from_secs(3600);
     drop(writer);
-    store
+    (dir, store)
 }
 
 fn apply_one(store: &Store, kind: command::Kind, position: &[u8]) -> CommandResponse {
@@ -671,16 +672,39 @@ fn apply_one(store: &Store, kind: command::Kind, position: &[u8]) -> CommandResp
     results.pop().unwrap().unwrap()
 }
 
+fn put_at(store: &Store, key: &str, value: &str, position: &[u8]) -> PutResponse {
+    match apply_one(store, command::Kind::Put(put_req(key, value)), position) {
+        CommandResponse::Put(put) => put,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Panics on another thread while holding the store's writer lock, first dropping the open
+/// batch if asked; returns the store for the test to go on with.
+fn panic_holding_the_writer(store: Store, drop_batch: bool) -> std::sync::Arc<Store> {
+    let store = std::sync::Arc::new(store);
+    let panicking = store.clone();
+    std::thread::spawn(move || {
+        let mut writer = panicking.writer();
+        if drop_batch {
+            writer.batch = None;
+        }
+        panic!("a panic under the writer lock");
+    })
+    .join()
+    .unwrap_err();
+    store
+}
+
 fn batch_is_open(store: &Store) -> bool {
     store.writer().batch.is_some()
 }
 
 #[test]
 fn every_read_sees_the_applies_before_it_though_they_share_an_uncommitted_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = batching_store(&dir);
-    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
-    apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+    let (_dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
+    put_at(&store, "b", "2", b"2");
     assert!(
         batch_is_open(&store),
         "each apply committed its own transaction"
@@ -696,20 +720,19 @@ fn every_read_sees_the_applies_before_it_though_they_share_an_uncommitted_transa
     assert_eq!(read.kvs.len(), 2);
     assert!(!batch_is_open(&store), "the read did not commit the batch");
 
-    apply_one(&store, command::Kind::Put(put_req("c", "3")), b"3");
+    put_at(&store, "c", "3", b"3");
     assert_eq!(store.status().unwrap().current_revision, 4);
-    apply_one(&store, command::Kind::Put(put_req("d", "4")), b"4");
+    put_at(&store, "d", "4", b"4");
     let all = KeyRange::new(b"\0", b"\0");
     assert_eq!(store.events(&all, 5, 5, false, 10).unwrap().events.len(), 1);
-    apply_one(&store, command::Kind::Put(put_req("e", "5")), b"5");
+    put_at(&store, "e", "5", b"5");
     assert_eq!(store.consensus_state().unwrap().unwrap(), b"5");
 }
 
 #[test]
 fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = batching_store(&dir);
-    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    let (_dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
     assert!(store.settings_with_prefix("alarm/").unwrap().is_empty());
     assert!(
         batch_is_open(&store),
@@ -738,13 +761,11 @@ fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
 
 #[test]
 fn a_store_closed_with_an_open_batch_reopens_with_every_apply() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = batching_store(&dir);
-        apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
-        apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
-        assert!(batch_is_open(&store));
-    }
+    let (dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
+    put_at(&store, "b", "2", b"2");
+    assert!(batch_is_open(&store));
+    drop(store);
     let store = Store::open(&dir.path().join("mvcc.redb")).unwrap();
     assert_eq!(store.status().unwrap().current_revision, 3);
     assert_eq!(store.consensus_state().unwrap().unwrap(), b"2");
@@ -752,9 +773,8 @@ fn a_store_closed_with_an_open_batch_reopens_with_every_apply() {
 
 #[test]
 fn a_store_that_lost_uncommitted_applies_refuses_reads_and_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = batching_store(&dir);
-    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    let (_dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
     // What `Store::apply` records when a storage error rolls the open batch back.
     store.writer().batch = None;
     store.writer().failed = Some("injected".into());
@@ -772,12 +792,11 @@ fn a_store_that_lost_uncommitted_applies_refuses_reads_and_writes() {
 
 #[test]
 fn a_batch_past_its_interval_or_size_or_due_for_durability_is_committed_by_the_next_apply() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = batching_store(&dir);
-    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
+    let (_dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
     assert!(batch_is_open(&store));
     store.writer().batch_interval = Duration::ZERO;
-    apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+    put_at(&store, "b", "2", b"2");
     assert!(!batch_is_open(&store), "an old batch stayed open");
 
     store.writer().batch_interval = Duration::from_secs(3600);
@@ -788,10 +807,10 @@ fn a_batch_past_its_interval_or_size_or_due_for_durability_is_committed_by_the_n
     store.apply(&commands, b"3").unwrap();
     assert!(!batch_is_open(&store), "a full batch stayed open");
 
-    apply_one(&store, command::Kind::Put(put_req("c", "3")), b"4");
+    put_at(&store, "c", "3", b"4");
     let flushed_before = store.writer().last_flush;
     store.writer().flush_interval = Duration::ZERO;
-    apply_one(&store, command::Kind::Put(put_req("d", "4")), b"5");
+    put_at(&store, "d", "4", b"5");
     assert!(
         !batch_is_open(&store),
         "a batch due for durability stayed open"
@@ -804,18 +823,10 @@ fn a_batch_past_its_interval_or_size_or_due_for_durability_is_committed_by_the_n
 
 #[test]
 fn a_panic_that_dropped_the_batch_makes_the_store_refuse_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(batching_store(&dir));
-    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
-    let panicking = store.clone();
-    std::thread::spawn(move || {
-        // As a panic inside an apply leaves it: the batch taken out and dropped.
-        let mut writer = panicking.writer();
-        writer.batch = None;
-        panic!("a panic while applying, with a batch open");
-    })
-    .join()
-    .unwrap_err();
+    let (_dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
+    // As a panic inside an apply leaves it: the batch taken out and dropped.
+    let store = panic_holding_the_writer(store, true);
 
     assert!(matches!(store.status(), Err(MvccError::Failed(_))));
     let payload = encode_command(command::Kind::Put(put_req("b", "2")));
@@ -828,21 +839,18 @@ fn a_panic_that_dropped_the_batch_makes_the_store_refuse_everything() {
 #[test]
 fn reads_racing_applies_never_see_a_revision_older_than_an_apply_that_returned() {
     use std::sync::atomic::AtomicI64;
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(batching_store(&dir));
+    let (_dir, store) = batching_store();
+    let store = std::sync::Arc::new(store);
     let returned = std::sync::Arc::new(AtomicI64::new(FIRST_REVISION));
     let applying = {
         let (store, returned) = (store.clone(), returned.clone());
         std::thread::spawn(move || {
             for i in 0..2_000u64 {
-                let put = command::Kind::Put(put_req(&format!("k{}", i % 50), "v"));
-                match apply_one(&store, put, &i.to_be_bytes()) {
-                    CommandResponse::Put(put) => returned.store(
-                        put.header.unwrap().revision,
-                        std::sync::atomic::Ordering::SeqCst,
-                    ),
-                    other => panic!("{other:?}"),
-                }
+                let put = put_at(&store, &format!("k{}", i % 50), "v", &i.to_be_bytes());
+                returned.store(
+                    put.header.unwrap().revision,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
             }
         })
     };
@@ -862,18 +870,11 @@ fn reads_racing_applies_never_see_a_revision_older_than_an_apply_that_returned()
 
 #[test]
 fn a_panic_under_the_writer_lock_that_lost_nothing_leaves_the_store_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(batching_store(&dir));
-    apply_one(&store, command::Kind::Put(put_req("a", "1")), b"1");
-    let panicking = store.clone();
-    std::thread::spawn(move || {
-        let _writer = panicking.writer();
-        panic!("a panic with the batch left in place");
-    })
-    .join()
-    .unwrap_err();
+    let (_dir, store) = batching_store();
+    put_at(&store, "a", "1", b"1");
+    let store = panic_holding_the_writer(store, false);
 
     assert_eq!(store.status().unwrap().current_revision, 2);
-    apply_one(&store, command::Kind::Put(put_req("b", "2")), b"2");
+    put_at(&store, "b", "2", b"2");
     assert_eq!(store.status().unwrap().current_revision, 3);
 }

@@ -1,4 +1,5 @@
-//! Writing key material to disk, and the directory sync that durable writes elsewhere share.
+//! Writing key material to disk, and the atomic file replacement and directory sync that durable
+//! writes elsewhere share.
 
 use std::fs::{OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -13,15 +14,31 @@ const PRIVATE_MODE: u32 = 0o600;
 /// 0600 in case the umask took away the owner's bits. On failure the partial file is removed.
 /// The caller fsyncs the directory.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(PRIVATE_MODE)
-        .open(path)?;
-    let written = file
-        .set_permissions(Permissions::from_mode(PRIVATE_MODE))
-        .and_then(|()| file.write_all(contents))
-        .and_then(|()| file.sync_all());
+    write_new_file(path, true, |file| file.write_all(contents))
+}
+
+/// Creates `path` (failing if it exists; 0600 when `private`, as [`write_private_file`]), lets
+/// `write` fill it, and fsyncs it. On failure the partial file is removed.
+fn write_new_file(
+    path: &Path,
+    private: bool,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = if private {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_MODE)
+            .open(path)?;
+        file.set_permissions(Permissions::from_mode(PRIVATE_MODE))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(path);
+            })?;
+        file
+    } else {
+        std::fs::File::create_new(path)?
+    };
+    let written = write(&mut file).and_then(|()| file.sync_all());
     if written.is_err() {
         drop(file);
         let _ = std::fs::remove_file(path);
@@ -32,8 +49,18 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// Replaces `path` with `contents` atomically: written beside it (0600 when `private`, else
 /// 0644), fsynced, renamed over it, directory fsynced.
 pub fn replace_file(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
+    replace_file_with(path, private, |file| file.write_all(contents))
+}
+
+/// [`replace_file`], with the new contents written by `write` as they are produced (a large
+/// file need not be in memory whole).
+pub fn replace_file_with(
+    path: &Path,
+    private: bool,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let temporary = pending(path);
-    write_pending(&temporary, contents, private)?;
+    write_pending(&temporary, private, write)?;
     std::fs::rename(&temporary, path)?;
     sync_parent(path)
 }
@@ -48,9 +75,13 @@ pub fn replace_key_pair(
     cert_pem: &str,
 ) -> io::Result<()> {
     // Each step durable before the next, so the files a crash leaves tell how far it got.
-    write_pending(&pending(key_path), key_pem.as_bytes(), true)?;
+    write_pending(&pending(key_path), true, |file| {
+        file.write_all(key_pem.as_bytes())
+    })?;
     sync_parent(key_path)?;
-    write_pending(&pending(cert_path), cert_pem.as_bytes(), false)?;
+    write_pending(&pending(cert_path), false, |file| {
+        file.write_all(cert_pem.as_bytes())
+    })?;
     sync_parent(cert_path)?;
     std::fs::rename(pending(key_path), key_path)?;
     sync_parent(key_path)?;
@@ -86,18 +117,16 @@ fn pending(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-fn write_pending(temporary: &Path, contents: &[u8], private: bool) -> io::Result<()> {
+fn write_pending(
+    temporary: &Path,
+    private: bool,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     match std::fs::remove_file(temporary) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    if private {
-        write_private_file(temporary, contents)
-    } else {
-        let mut file = std::fs::File::create_new(temporary)?;
-        file.write_all(contents)?;
-        file.sync_all()
-    }
+    write_new_file(temporary, private, write)
 }
 
 /// Fsyncs the directory holding `path`, so that a file or directory just created or renamed

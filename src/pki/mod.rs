@@ -9,7 +9,9 @@
 //!   certificate names.
 //! - `tls.rs`: [`server_tls_config`] and [`client_tls_config`], over a replaceable [`LiveTrust`].
 //! - `pem.rs`: reading certificates and keys out of PEM ([`first_cert_der`]).
-//! - `files.rs`: [`write_private_file`] for key material.
+//! - `files.rs`: [`write_private_file`] for key material; [`replace_file`] and
+//!   [`replace_file_with`] (atomic, durable replacement) and [`sync_parent`], which other modules'
+//!   durable writes share.
 //! - `seal.rs`: sealing a rotated CA key under the old one, for the replicated log.
 //!
 //! Invariants:
@@ -41,7 +43,8 @@ use std::time::Duration;
 pub use authority::Authority;
 pub use ca::{certificate_request, ClusterCa, Successor, CLOCK_SKEW};
 pub use files::{
-    finish_interrupted_replace, replace_file, replace_key_pair, sync_parent, write_private_file,
+    finish_interrupted_replace, replace_file, replace_file_with, replace_key_pair, sync_parent,
+    write_private_file,
 };
 pub use identity::{identity_of, PeerIdentity, Role};
 pub use pem::{certs_from_pem, der_to_pem, first_cert_der};

@@ -79,17 +79,12 @@ impl StateMachine {
     /// the file must hold this snapshot, not the one before. Written as it is serialized (a
     /// whole second copy in memory would double the peak of a large store's snapshot).
     fn save_snapshot(&self, snapshot: &StoredSnapshot) -> StoreResult<()> {
-        let temporary = self.snapshot_path.with_extension("tmp");
-        let save = || -> std::io::Result<()> {
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
-            bincode::serialize_into(&mut file, snapshot).map_err(std::io::Error::other)?;
-            file.into_inner()
-                .map_err(std::io::IntoInnerError::into_error)?
-                .sync_all()?;
-            std::fs::rename(&temporary, &self.snapshot_path)?;
-            crate::pki::sync_parent(&self.snapshot_path)
-        };
-        save().map_err(snapshot_error)
+        crate::pki::replace_file_with(&self.snapshot_path, false, |file| {
+            let mut out = std::io::BufWriter::new(file);
+            bincode::serialize_into(&mut out, snapshot).map_err(std::io::Error::other)?;
+            std::io::Write::flush(&mut out)
+        })
+        .map_err(snapshot_error)
     }
 
     fn load_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
@@ -180,7 +175,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let encoded_position = bincode::serialize(&position).map_err(write_error)?;
-        let applied_position = position;
         let store = self.store.clone();
         let results = tokio::task::spawn_blocking(move || {
             let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
@@ -189,7 +183,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(write_error)?
         .map_err(write_error)?;
-        self.position = Some(applied_position);
+        self.position = Some(position);
         let mut results = results.iter().map(encode_result);
         Ok(commands_per_entry
             .into_iter()
