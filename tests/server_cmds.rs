@@ -1,6 +1,7 @@
 //! The server commands as an operator meets them: `bulwark init` creates a member and prints a
 //! working etcdctl command line, refuses to overwrite one; `bulwark serve` restarts a member and
-//! refuses a directory without one; SIGTERM and SIGINT stop it cleanly; private keys are private.
+//! refuses a directory without one; SIGTERM and SIGINT stop it cleanly; private keys are private;
+//! a member runs without transparent huge pages.
 
 mod common;
 
@@ -202,6 +203,24 @@ fn a_member_stopped_the_moment_it_says_it_serves_exits_cleanly() {
             Some(0),
             "round {round}: clean exit 0, got {status}"
         );
+        cluster.member_mut(0).restart();
+    }
+}
+
+/// A serving member runs without transparent huge pages (its heap's page faults would zero 2 MiB
+/// each; see `server::disable_transparent_huge_pages`): one started by `init`, then by `serve`.
+#[test]
+fn a_member_runs_without_transparent_huge_pages() {
+    let mut cluster = Cluster::single();
+    for round in 0..2 {
+        let pid = cluster.pids()[0];
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("the member's /proc status");
+        assert!(
+            status.lines().any(|line| line == "THP_enabled:\t0"),
+            "round {round}: member {pid} has transparent huge pages on:\n{status}"
+        );
+        cluster.member_mut(0).terminate();
         cluster.member_mut(0).restart();
     }
 }

@@ -206,6 +206,9 @@ pub fn main() -> ExitCode {
         Command::Init(_) | Command::Join(_) | Command::Serve(_)
     );
     init_logging(server_command);
+    if server_command {
+        server::disable_transparent_huge_pages();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
