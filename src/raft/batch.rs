@@ -5,9 +5,9 @@
 //! every write would pay all of them (and openraft 0.9 as published fsyncs each entry on the
 //! leader before it looks at the next).
 //!
-//! A single client never waits for company: a write that finds nothing queued goes out alone at
-//! once. Only while [`IN_FLIGHT_ENTRIES`] entries are already in consensus do new writes queue,
-//! and the next entry takes everything queued (up to [`MAX_BATCH_COMMANDS`] commands or
+//! A single client never waits for company: a write that finds no entry in consensus goes out
+//! alone at once. Only while [`IN_FLIGHT_ENTRIES`] (one) entry is in consensus do new writes
+//! queue, and the next entry takes everything queued (up to [`MAX_BATCH_COMMANDS`] commands or
 //! [`MAX_BATCH_BYTES`]).
 //!
 //! Invariants:
@@ -22,9 +22,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::batching::{self, Limits, Queued};
 use super::{Applied, MemberNode, NodeId, Request, TypeConfig};
 
-/// Entries proposed and not yet applied: enough to keep the log append, the replication round
-/// trip and the apply busy at once, few enough that writes arriving meanwhile form large batches.
-const IN_FLIGHT_ENTRIES: usize = 4;
+/// Entries proposed and not yet applied: one. Writes arriving while it is in consensus all wait
+/// for the next entry, so each round (log append and fsync on every member, an AppendEntries to
+/// each follower, an apply) carries as many as it can. More entries in flight overlap little:
+/// openraft 0.9 keeps one AppendEntries in flight per follower and the log has one writer; they
+/// mostly split the same writes into more rounds, each costing an fsync and its wake-ups on every
+/// member (four in flight cost 20 to 25% more CPU per put at 64 and 256 clients on three
+/// members, with a fifth less throughput: `docs/benchmarks.md`, eighth session).
+const IN_FLIGHT_ENTRIES: usize = 1;
 /// At most this many commands in one entry.
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// An entry stops taking more commands once it holds this many bytes (one larger command still
