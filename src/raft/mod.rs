@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mvcc::{decode_result, encode_command, CommandResponse, MvccError, Store};
 use crate::proto::bulwarkpb::command;
+use batch::WriteFailure;
 use network::{PeerNetwork, PeerTls};
 
 pub type NodeId = u64;
@@ -226,7 +227,7 @@ impl Consensus {
             .await
             .map_err(|e| ProposeError::Peer(e.to_string()))?;
         Ok(Consensus {
-            batcher: batch::ProposalBatcher::start(raft.clone()),
+            batcher: batch::ProposalBatcher::start(raft.clone(), REQUEST_TIMEOUT),
             forwarder: forward::ForwardBatcher::start(tls.clone(), REQUEST_TIMEOUT),
             reads: read_index::ReadIndexBatcher::start(raft.clone()),
             raft,
@@ -278,7 +279,9 @@ impl Consensus {
             loop {
                 match self.batcher.write(command.clone()).await {
                     Ok(applied) => return Ok((applied, false)),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(WriteFailure::Raft(RaftError::APIError(
+                        ClientWriteError::ForwardToLeader(forward),
+                    ))) => {
                         match self.leader_node(&forward) {
                             Some(leader) if may_forward => {
                                 match self.forwarder.forward(leader, command.clone()).await {
@@ -302,10 +305,13 @@ impl Consensus {
                             None => return Err(ProposeError::NoLeader),
                         }
                     }
-                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                        return Err(ProposeError::Peer(e.to_string()))
+                    Err(WriteFailure::Raft(RaftError::APIError(
+                        ClientWriteError::ChangeMembershipError(e),
+                    ))) => return Err(ProposeError::Peer(e.to_string())),
+                    Err(WriteFailure::Raft(RaftError::Fatal(_))) => {
+                        return Err(ProposeError::Stopped)
                     }
-                    Err(RaftError::Fatal(_)) => return Err(ProposeError::Stopped),
+                    Err(WriteFailure::TimedOut) => return Err(ProposeError::Timeout),
                 }
             }
         };

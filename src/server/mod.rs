@@ -545,9 +545,9 @@ fn host_of(address: &str) -> Result<String, ServerError> {
 ///
 /// A member's heap grows steadily under writes (history, caches), and with THP every fresh 2 MiB
 /// region is zeroed whole at its first touch: 7.8% of the members' CPU in the put profile went to
-/// those faults, 1.7% with 4 KiB pages (`docs/benchmarks.md`, eighth session). Databases such
-/// as Redis turn THP off for the same faults' latency. The setting is inherited by child
-/// processes, so only the server commands take it (the bench's etcd members keep the system's).
+/// those faults, 1.7% with 4 KiB pages (`docs/benchmarks.md`, eighth session); Redis and
+/// MongoDB also advise running without THP. The setting is inherited by child processes, so
+/// only the server commands take it (the bench's etcd members keep the system's).
 pub fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     {
