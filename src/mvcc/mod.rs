@@ -375,12 +375,11 @@ impl Store {
     ) -> Result<Vec<Result<CommandResponse, MvccError>>, MvccError> {
         let mut writer = self.writer();
         writer.check()?;
-        let db = self.db();
         let had_uncommitted_applies = writer.batch.is_some();
         let mut batch = match writer.batch.take() {
             Some(batch) => batch,
             None => Batch {
-                txn: begin_write_nondurable(&db)?,
+                txn: begin_write_nondurable(&self.db())?,
                 began: Instant::now(),
                 commands: 0,
             },
@@ -406,7 +405,7 @@ impl Store {
         // every apply.
         if full || writer.flush_due() {
             // An `Err` here means the commit failed and the store has failed with it.
-            writer.settle(&db, &self.unsettled, Flush::IfDue)?;
+            writer.settle(&self.db(), &self.unsettled, Flush::IfDue)?;
         } else {
             let settings = if applied.settings_written {
                 UNSETTLED_SETTINGS

@@ -24,21 +24,21 @@ fn write_new_file(
     private: bool,
     write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut file = if private {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(PRIVATE_MODE)
-            .open(path)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    if private {
+        options.mode(PRIVATE_MODE);
+    }
+    let mut file = options.open(path)?;
+    // The umask may have taken bits off the mode asked for; a private file gets exactly 0600.
+    let mode_set = if private {
         file.set_permissions(Permissions::from_mode(PRIVATE_MODE))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(path);
-            })?;
-        file
     } else {
-        std::fs::File::create_new(path)?
+        Ok(())
     };
-    let written = write(&mut file).and_then(|()| file.sync_all());
+    let written = mode_set
+        .and_then(|()| write(&mut file))
+        .and_then(|()| file.sync_all());
     if written.is_err() {
         drop(file);
         let _ = std::fs::remove_file(path);
