@@ -129,14 +129,20 @@ async fn acknowledged_puts_survive_kill_9_with_writes_in_flight() {
     survive_kill_9(Cluster::single(), 8).await;
 }
 
-/// Many writers share Raft entries (proposal batching), and a snapshot every 50 entries purges
+/// Many writers share Raft entries (proposal batching), and a snapshot every few entries purges
 /// the log behind the state machine, whose commits are only made durable periodically: a crash
 /// at any moment must still lose nothing acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_batched_puts_survive_kill_9_between_snapshots() {
+    // An entry carries at most one put per writer, so the least a round can make is
+    // ACKNOWLEDGED_BEFORE_CRASH / WRITERS entries; the snapshot interval stays below that, or a
+    // run where batching works well takes no snapshot at all.
+    const WRITERS: usize = 64;
+    const SNAPSHOT_EVERY: u64 = 3;
+    const _: () = assert!(SNAPSHOT_EVERY < (ACKNOWLEDGED_BEFORE_CRASH / WRITERS) as u64);
     let cluster = survive_kill_9(
-        Cluster::start(ClusterOptions::new(1).snapshot_count(50)),
-        64,
+        Cluster::start(ClusterOptions::new(1).snapshot_count(SNAPSHOT_EVERY)),
+        WRITERS,
     )
     .await;
     let snapshot = cluster.member(0).data_dir().join("state/snapshot.bin");
