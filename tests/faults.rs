@@ -285,10 +285,20 @@ async fn a_member_down_long_enough_to_need_a_snapshot_under_load() {
     cluster.kill9(follower);
     // Long enough for far more than `snapshot_count` entries to commit without it.
     tokio::time::sleep(phase() * 2).await;
+    // openraft says at info level when a follower installs a snapshot from the leader.
+    cluster.member_mut(follower).options_mut().log_filter = Some("info".to_string());
     cluster.restart(follower);
     tokio::time::sleep(phase()).await;
     load.finish().await;
     assert_converged(&cluster);
+    assert!(
+        cluster
+            .member(follower)
+            .logs()
+            .contains("install_full_snapshot"),
+        "the follower caught up without installing a snapshot: this test no longer tests what \
+         it claims"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
