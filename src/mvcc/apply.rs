@@ -5,11 +5,12 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
-use prost::Message;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::keys::{history_key, history_prefix, revision_of_history_key, KeyRange};
-use super::read::{decode_kv, range_request, scan_latest, Record};
+use super::read::{
+    decode_latest_row, fill_value, latest_row, range_request, scan_latest, Record, Values,
+};
 use super::{
     compare, CommandResponse, MvccError, Revision, StoreStatus, BY_REVISION, HISTORY, LATEST,
     LEASES, LEASE_KEYS, META, META_COMPACT_REVISION, META_CURRENT_REVISION, SETTINGS,
@@ -152,9 +153,10 @@ impl<'txn> ApplyState<'txn> {
         Ok(response)
     }
 
+    /// The live `key`'s metadata, without its value.
     fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
         match self.latest.get(key)? {
-            Some(value) => Ok(Some(decode_kv(value.value())?)),
+            Some(row) => Ok(Some(decode_latest_row(key, row.value())?)),
             None => Ok(None),
         }
     }
@@ -186,7 +188,13 @@ impl<'txn> ApplyState<'txn> {
     }
 
     fn put(&mut self, writing: &mut Writing, req: &PutRequest) -> Result<PutResponse, MvccError> {
-        let previous = self.check_put(req)?;
+        let mut previous = self.check_put(req)?;
+        if let Some(previous) = previous
+            .as_mut()
+            .filter(|_| req.prev_kv || req.ignore_value)
+        {
+            fill_value(&self.history, previous)?;
+        }
         let revision = writing.next();
         let kv = KeyValue {
             key: req.key.clone(),
@@ -213,7 +221,7 @@ impl<'txn> ApplyState<'txn> {
             self.lease_keys.insert((kv.lease, kv.key.as_slice()), ())?;
         }
         self.latest
-            .insert(kv.key.as_slice(), kv.encode_to_vec().as_slice())?;
+            .insert(kv.key.as_slice(), latest_row(&kv).as_slice())?;
         self.record(revision, Record::Put(kv))?;
         Ok(PutResponse {
             header: header(revision.main),
@@ -226,7 +234,18 @@ impl<'txn> ApplyState<'txn> {
         writing: &mut Writing,
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, MvccError> {
-        let (deleted, _) = scan_latest(&self.latest, &KeyRange::new(&req.key, &req.range_end), 0)?;
+        let values = if req.prev_kv {
+            Values::Read
+        } else {
+            Values::Skip
+        };
+        let (deleted, _) = scan_latest(
+            &self.latest,
+            &self.history,
+            &KeyRange::new(&req.key, &req.range_end),
+            0,
+            values,
+        )?;
         for kv in &deleted {
             let revision = writing.next();
             if kv.lease != 0 {
@@ -305,7 +324,12 @@ impl<'txn> ApplyState<'txn> {
         let mut succeeded = true;
         for compare in &req.compare {
             let range = KeyRange::new(&compare.key, &compare.range_end);
-            let (kvs, _) = scan_latest(&self.latest, &range, 0)?;
+            let values = if compare::compares_values(compare) {
+                Values::Read
+            } else {
+                Values::Skip
+            };
+            let (kvs, _) = scan_latest(&self.latest, &self.history, &range, 0, values)?;
             if !compare::holds(compare, &kvs) {
                 succeeded = false;
                 break;

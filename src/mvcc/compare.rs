@@ -6,6 +6,11 @@ use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUn
 use crate::proto::etcdserverpb::Compare;
 use crate::proto::mvccpb::KeyValue;
 
+/// Whether `compare` looks at the keys' values (the others need their metadata only).
+pub(super) fn compares_values(compare: &Compare) -> bool {
+    CompareTarget::try_from(compare.target) == Ok(CompareTarget::Value)
+}
+
 /// Whether `compare` holds over `kvs`, the live keys its key range covers.
 pub(super) fn holds(compare: &Compare, kvs: &[KeyValue]) -> bool {
     let target = CompareTarget::try_from(compare.target).unwrap_or(CompareTarget::Version);

@@ -8,7 +8,8 @@
 //! one too when it is a tombstone).
 //!
 //! Storage is one redb database (see `docs/design.md` for the byte layout):
-//! - `latest`: live key -> `KeyValue` (protobuf): what current reads scan;
+//! - `latest`: live key -> its `KeyValue` without key and value (protobuf): what current reads
+//!   scan; a value is read from the key's `history` record at its mod revision (`read.rs`);
 //! - `history`: `history_key(key, revision)` -> record (put or tombstone + `KeyValue`): what
 //!   historical reads and compaction scan;
 //! - `by_revision`: `(main, sub)` -> key: the change log in revision order;
@@ -21,7 +22,7 @@
 //!
 //! Invariants:
 //! - `latest` holds exactly the keys whose newest `history` record is a put, with that record's
-//!   `KeyValue`.
+//!   revisions, version and lease.
 //! - `meta.current_revision` is the highest main revision in `history` (or 1 on a new store), and
 //!   the data and the `consensus` position change in the same redb transaction, so a restart
 //!   resumes exactly after the last applied command. Applies are made durable at most

@@ -3,13 +3,18 @@
 //!
 //! Format (all integers big-endian):
 //! ```text
-//! "BWSNAP01"                                   magic and version
+//! "BWSNAP02"                                   magic and version
 //! { table: u8, key_len: u32, key, value_len: u32, value }*   one record per table row
 //! 0xFF                                         end of records
 //! zero bytes up to a multiple of 512            etcd's snapshot framing: etcdctl takes a
 //!                                              stream whose length is 32 mod 512 to end in
 //! sha256 of everything before it (32 bytes)    a checksum; a truncated or corrupt file is refused
 //! ```
+//! Version 02 differs from 01 only in the `latest` rows, which hold a key's metadata without its
+//! value (see `read.rs`). A restore takes both: a 01 snapshot's `latest` rows are rewritten as
+//! 02's. A Bulwark that knows only 01 refuses a 02 snapshot as not its own, rather than restoring
+//! rows it would read as keys with empty values.
+//!
 //! Invariant: a restore either installs every row of a snapshot whose checksum matches, or
 //! changes nothing.
 
@@ -18,11 +23,14 @@ use std::io::{Read, Write};
 use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 
+use super::read::{decode_latest_row, latest_row};
 use super::{
     MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, SETTINGS,
 };
 
-const MAGIC: &[u8; 8] = b"BWSNAP01";
+const MAGIC: &[u8; 8] = b"BWSNAP02";
+/// The version before `latest` rows lost their values.
+const MAGIC_WITH_LATEST_VALUES: &[u8; 8] = b"BWSNAP01";
 const END: u8 = 0xff;
 const TABLE_LATEST: u8 = 0;
 const TABLE_HISTORY: u8 = 1;
@@ -176,7 +184,7 @@ impl Store {
     pub fn restore_snapshot(&self, mut input: impl Read) -> Result<(), SnapshotError> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let records = parse(&bytes)?;
+        let (version, records) = parse(&bytes)?;
 
         let mut writer = self.settled_writer()?;
         // A defragmentation copying the old contents must not switch to them afterwards.
@@ -202,6 +210,12 @@ impl Store {
             for (table, key, value) in records {
                 let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
                 match table {
+                    TABLE_LATEST if version == MAGIC_WITH_LATEST_VALUES => {
+                        let row = latest_row(&decode_latest_row(key, value)?);
+                        latest
+                            .insert(key, row.as_slice())
+                            .map_err(MvccError::from)?;
+                    }
                     TABLE_LATEST => {
                         latest.insert(key, value).map_err(MvccError::from)?;
                     }
@@ -295,11 +309,12 @@ fn is_cluster_secret(setting: &str) -> bool {
 /// One row of a snapshot: table tag, key, value.
 type Record<'a> = (u8, &'a [u8], &'a [u8]);
 
-/// Checks magic and checksum, then splits the records out.
-fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, SnapshotError> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(SnapshotError::BadMagic);
-    }
+/// Checks magic and checksum, then splits the records out; with the version's magic.
+fn parse(bytes: &[u8]) -> Result<(&[u8; 8], Vec<Record<'_>>), SnapshotError> {
+    let version = [MAGIC, MAGIC_WITH_LATEST_VALUES]
+        .into_iter()
+        .find(|magic| bytes.starts_with(*magic))
+        .ok_or(SnapshotError::BadMagic)?;
     let body_len = bytes
         .len()
         .checked_sub(32)
@@ -317,7 +332,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, SnapshotError> {
             if after.iter().any(|&byte| byte != 0) {
                 return Err(SnapshotError::Corrupt("data after the end marker".into()));
             }
-            return Ok(records);
+            return Ok((version, records));
         }
         let (key, after) = take_field(after).ok_or_else(truncated)?;
         let (value, after) = take_field(after).ok_or_else(truncated)?;
@@ -330,4 +345,37 @@ fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     let field = bytes.get(4..4 + length)?;
     Some((field, &bytes[4 + length..]))
+}
+
+/// `snapshot` (this version's) as the version before would have written it: `latest` rows with
+/// their keys and values.
+#[cfg(test)]
+pub(super) fn as_version_with_latest_values(snapshot: &[u8]) -> Vec<u8> {
+    use prost::Message;
+    use std::collections::HashMap;
+
+    let (_, records) = parse(snapshot).expect("a valid snapshot");
+    let mut values = HashMap::new();
+    for (table, _, value) in &records {
+        if *table == TABLE_HISTORY {
+            if let super::read::Record::Put(kv) = super::read::Record::decode(value).unwrap() {
+                values.insert((kv.key, kv.mod_revision), kv.value);
+            }
+        }
+    }
+    let mut out = MAGIC_WITH_LATEST_VALUES.to_vec();
+    for (table, key, value) in records {
+        if table == TABLE_LATEST {
+            let mut kv = decode_latest_row(key, value).unwrap();
+            kv.value = values[&(key.to_vec(), kv.mod_revision)].clone();
+            write_record(&mut out, table, key, &kv.encode_to_vec()).unwrap();
+        } else {
+            write_record(&mut out, table, key, value).unwrap();
+        }
+    }
+    out.push(END);
+    out.resize(out.len().next_multiple_of(512), 0);
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
 }

@@ -10,6 +10,7 @@ use crate::proto::etcdserverpb::{
     request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RequestOp,
     TxnRequest,
 };
+use crate::proto::mvccpb::KeyValue;
 use redb::ReadableTableMetadata;
 
 struct Fixture {
@@ -264,6 +265,110 @@ fn sorting_filters_and_keys_only() {
     );
 }
 
+/// `latest` keeps metadata only; every read that returns or compares a value takes it from the
+/// key's newest `history` record, and a row from before (key and value inside) reads the same.
+#[test]
+fn values_live_in_history_and_every_read_of_a_value_finds_them() {
+    let mut f = Fixture::new();
+    f.put("a", "first");
+    f.put("b", "bee");
+    f.put("a", "second");
+    {
+        let txn = f.store.begin_read().unwrap();
+        let latest = txn.open_table(LATEST).unwrap();
+        let row = read::decode_kv(latest.get(b"a".as_slice()).unwrap().unwrap().value()).unwrap();
+        assert_eq!((row.key.len(), row.value.len()), (0, 0), "{row:?}");
+        assert_eq!((row.mod_revision, row.version), (4, 2));
+    }
+    let value_of = |response: &RangeResponse| {
+        response
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(value_of(&f.get("a", "", 0).unwrap()), ["second"]);
+    assert_eq!(value_of(&f.get("a", "c", 0).unwrap()), ["second", "bee"]);
+    assert_eq!(value_of(&f.get("a", "", 3).unwrap()), ["first"]);
+    let sorted_keys_only = f
+        .store
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            sort_target: SortTarget::Value as i32,
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys(&sorted_keys_only), ["b", "a"]);
+    assert!(sorted_keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
+
+    // prev_kv of a put, the kept value of ignore_value, prev_kvs of a delete.
+    let previous = f.put("a", "third").prev_kv.unwrap();
+    assert_eq!(
+        (previous.key.as_slice(), previous.value.as_slice()),
+        (&b"a"[..], &b"second"[..])
+    );
+    let kept = PutRequest {
+        key: b"a".to_vec(),
+        ignore_value: true,
+        prev_kv: true,
+        ..Default::default()
+    };
+    match f.apply(command::Kind::Put(kept)).unwrap() {
+        CommandResponse::Put(r) => assert_eq!(r.prev_kv.unwrap().value, b"third"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(value_of(&f.get("a", "", 0).unwrap()), ["third"]);
+    let deleted = f.delete("b", "");
+    assert_eq!(deleted.prev_kvs[0].value, b"bee");
+
+    // A txn compares values, and a txn that writes a key twice in one revision reads the last.
+    let value_is = |value: &str| Compare {
+        key: b"a".to_vec(),
+        target: CompareTarget::Value as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::Value(value.into())),
+        ..Default::default()
+    };
+    let swap = |expected: &str, new: &str| TxnRequest {
+        compare: vec![value_is(expected)],
+        success: vec![op_put("a", new)],
+        ..Default::default()
+    };
+    assert!(!f.txn(swap("second", "x")).unwrap().succeeded);
+    assert!(f.txn(swap("third", "fourth")).unwrap().succeeded);
+    assert_eq!(value_of(&f.get("a", "", 0).unwrap()), ["fourth"]);
+    let twice = TxnRequest {
+        success: vec![op_put("c", "one"), op_put("c", "two")],
+        ..Default::default()
+    };
+    f.txn(twice).unwrap();
+    assert_eq!(value_of(&f.get("c", "", 0).unwrap()), ["two"]);
+
+    // A row written before values left `latest` still carries both; reads see history's.
+    {
+        let _writer = f.store.settled_writer().unwrap();
+        let txn = f.store.db().begin_write().unwrap();
+        {
+            let mut latest = txn.open_table(LATEST).unwrap();
+            let row =
+                read::decode_kv(latest.get(b"a".as_slice()).unwrap().unwrap().value()).unwrap();
+            let old_style = KeyValue {
+                key: b"a".to_vec(),
+                value: b"fourth".to_vec(),
+                ..row
+            };
+            latest
+                .insert(b"a".as_slice(), old_style.encode_to_vec().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert_eq!(value_of(&f.get("a", "", 0).unwrap()), ["fourth"]);
+    assert_eq!(keys(&f.get("a", "", 0).unwrap()), ["a"]);
+}
+
 #[test]
 fn put_flags_and_their_errors() {
     let mut f = Fixture::new();
@@ -474,6 +579,37 @@ fn a_snapshot_restores_every_revision_and_the_position() {
             source.get("\0", "\0", revision).unwrap(),
             "at revision {revision}"
         );
+    }
+}
+
+#[test]
+fn a_snapshot_from_before_values_left_latest_restores_the_same_store() {
+    let mut source = Fixture::new();
+    source.put("a", "1");
+    source.put("b", "bee");
+    source.delete("a", "");
+    source.put("a", "2");
+    let mut snapshot = Vec::new();
+    source.store.write_snapshot(&mut snapshot).unwrap();
+    let old = snapshot::as_version_with_latest_values(&snapshot);
+    assert_ne!(old, snapshot);
+    verify_snapshot(&old).unwrap();
+
+    let target = Fixture::new();
+    target.store.restore_snapshot(old.as_slice()).unwrap();
+    for revision in [0, 2, 3, 4, 5] {
+        assert_eq!(
+            target.get("\0", "\0", revision).unwrap(),
+            source.get("\0", "\0", revision).unwrap(),
+            "at revision {revision}"
+        );
+    }
+    let txn = target.store.begin_read().unwrap();
+    let latest = txn.open_table(LATEST).unwrap();
+    for row in latest.iter().unwrap() {
+        let (_, row) = row.unwrap();
+        let kv = read::decode_kv(row.value()).unwrap();
+        assert!(kv.key.is_empty() && kv.value.is_empty(), "{kv:?}");
     }
 }
 
