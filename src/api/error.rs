@@ -93,9 +93,9 @@ impl ApiError {
                     etcd(Code::FailedPrecondition, &error.to_string())
                 }
                 MvccError::Corrupt(_) => etcd(Code::DataLoss, "corrupt cluster"),
-                MvccError::Storage(_) | MvccError::DefragmentFile(_) => {
-                    etcd(Code::Internal, &error.to_string())
-                }
+                MvccError::Storage(_)
+                | MvccError::NewerFormat { .. }
+                | MvccError::DefragmentFile(_) => etcd(Code::Internal, &error.to_string()),
                 MvccError::DefragmentInterrupted | MvccError::Failed(_) => {
                     etcd(Code::Unavailable, &error.to_string())
                 }

@@ -103,6 +103,11 @@ const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("leas
 
 const META_CURRENT_REVISION: &str = "current_revision";
 const META_COMPACT_REVISION: &str = "compact_revision";
+/// The layout the store's tables follow, so that a Bulwark refuses a store laid out by a newer
+/// one instead of misreading it.
+const META_STORE_FORMAT: &str = "store_format";
+/// 2: `latest` rows without values (see `read.rs`). 1 (or none): rows with them.
+const STORE_FORMAT: i64 = 2;
 const CONSENSUS_APPLIED: &str = "applied";
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +126,11 @@ pub enum MvccError {
     SettingChanged,
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
+    #[error(
+        "the store was written by a newer Bulwark (store format {found}; this one reads up to \
+         {STORE_FORMAT})"
+    )]
+    NewerFormat { found: i64 },
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("defragmentation interrupted by a snapshot install; run it again")]
@@ -320,6 +330,13 @@ impl Store {
             if meta.get(META_CURRENT_REVISION)?.is_none() {
                 meta.insert(META_CURRENT_REVISION, FIRST_REVISION)?;
                 meta.insert(META_COMPACT_REVISION, 0)?;
+            }
+            let format = meta.get(META_STORE_FORMAT)?.map(|format| format.value());
+            if let Some(found) = format.filter(|&found| found > STORE_FORMAT) {
+                return Err(MvccError::NewerFormat { found });
+            }
+            if format != Some(STORE_FORMAT) {
+                meta.insert(META_STORE_FORMAT, STORE_FORMAT)?;
             }
         }
         txn.commit()?;

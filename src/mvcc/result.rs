@@ -25,10 +25,12 @@ pub fn encode_result(result: &Result<CommandResponse, MvccError>) -> Vec<u8> {
                 MvccError::LeaseNotFound => Reason::LeaseNotFound,
                 MvccError::LeaseExists => Reason::LeaseExists,
                 MvccError::SettingChanged => Reason::SettingChanged,
-                // Per-command results never carry a storage, failed-store or defragmentation
-                // error (those fail the whole apply); listed for completeness.
+                // Per-command results never carry a storage, failed-store, store-format or
+                // defragmentation error (those fail the whole apply or the open); listed for
+                // completeness.
                 MvccError::Corrupt(_)
                 | MvccError::Storage(_)
+                | MvccError::NewerFormat { .. }
                 | MvccError::Failed(_)
                 | MvccError::DefragmentInterrupted
                 | MvccError::DefragmentFile(_) => Reason::Corrupt,

@@ -265,6 +265,9 @@ impl Store {
                     other => return Err(corrupt(&format!("unknown table {other}"))),
                 }
             }
+            // The rows are in this version's layout now, whichever version wrote them.
+            meta.insert(super::META_STORE_FORMAT, super::STORE_FORMAT)
+                .map_err(MvccError::from)?;
         }
         txn.commit().map_err(MvccError::from)?;
         // A read under the writer lock: it must not need the lock (no batch is open: the lock

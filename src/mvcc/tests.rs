@@ -605,12 +605,54 @@ fn a_snapshot_from_before_values_left_latest_restores_the_same_store() {
         );
     }
     let txn = target.store.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    assert_eq!(
+        meta.get(META_STORE_FORMAT).unwrap().map(|f| f.value()),
+        Some(STORE_FORMAT)
+    );
     let latest = txn.open_table(LATEST).unwrap();
     for row in latest.iter().unwrap() {
         let (_, row) = row.unwrap();
         let kv = read::decode_kv(row.value()).unwrap();
         assert!(kv.key.is_empty() && kv.value.is_empty(), "{kv:?}");
     }
+}
+
+#[test]
+fn a_store_laid_out_by_a_newer_version_is_refused_and_an_older_one_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mvcc.redb");
+    let set_format = |format: Option<i64>| {
+        let db = open_database(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            match format {
+                Some(format) => meta.insert(META_STORE_FORMAT, format).unwrap(),
+                None => meta.remove(META_STORE_FORMAT).unwrap(),
+            };
+        }
+        txn.commit().unwrap();
+    };
+    let format = || {
+        let db = open_database(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(META_STORE_FORMAT).unwrap().map(|f| f.value())
+    };
+    drop(Store::open(&path).unwrap());
+    assert_eq!(format(), Some(STORE_FORMAT));
+
+    // A store from before the format was recorded opens, and is marked as this version's.
+    set_format(None);
+    drop(Store::open(&path).unwrap());
+    assert_eq!(format(), Some(STORE_FORMAT));
+
+    set_format(Some(STORE_FORMAT + 1));
+    let refused = Store::open(&path).err().expect("a newer format is refused");
+    assert!(matches!(refused, MvccError::NewerFormat { found } if found == STORE_FORMAT + 1));
+    assert!(refused.to_string().contains("newer Bulwark"), "{refused}");
+    assert_eq!(format(), Some(STORE_FORMAT + 1), "refusing changes nothing");
 }
 
 #[test]
