@@ -336,6 +336,9 @@ impl Store {
                 return Err(MvccError::NewerFormat { found });
             }
             if format != Some(STORE_FORMAT) {
+                // Once, at the first open after the upgrade, in the same transaction: members in
+                // the same state then hold the same bytes (`Maintenance.Hash` compares them).
+                read::drop_values_from_latest(&mut txn.open_table(LATEST)?)?;
                 meta.insert(META_STORE_FORMAT, STORE_FORMAT)?;
             }
         }

@@ -6,8 +6,9 @@
 //! it. Every put rewrites its key's `latest` row and adds a `history` record: writing the value
 //! once, not in both, cut a three-member cluster's CPU per put by 7 to 10% at 64 and 256 clients,
 //! since small rows make `latest` a few pages that every batch copies once
-//! (`docs/benchmarks.md`). Rows written before that change still carry the key and value; reads
-//! take the key from the table's key and the value from `history` either way.
+//! (`docs/benchmarks.md`). Rows written before that change carried the key and value; a store
+//! rewrites them at its first open after the upgrade ([`drop_values_from_latest`]), and a
+//! restore rewrites those of an older snapshot.
 
 use std::ops::Bound;
 
@@ -83,6 +84,25 @@ pub(super) fn decode_latest_row(key: &[u8], row: &[u8]) -> Result<KeyValue, Mvcc
     kv.key = key.to_vec();
     kv.value.clear();
     Ok(kv)
+}
+
+/// Rewrites every `latest` row that still carries its key or value (the layout before values
+/// left `latest`) as a metadata-only row.
+pub(super) fn drop_values_from_latest(
+    latest: &mut redb::Table<&'static [u8], &'static [u8]>,
+) -> Result<(), MvccError> {
+    let mut rewritten = Vec::new();
+    for entry in latest.iter()? {
+        let (key, row) = entry?;
+        let kv = decode_kv(row.value())?;
+        if !kv.key.is_empty() || !kv.value.is_empty() {
+            rewritten.push((key.value().to_vec(), latest_row(&kv)));
+        }
+    }
+    for (key, row) in rewritten {
+        latest.insert(key.as_slice(), row.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Reads the value of `kv`, a live key from `latest`, from its newest `history` record: the one
@@ -263,12 +283,15 @@ where
         req.limit as usize + 1
     };
     let range = KeyRange::new(&req.key, &req.range_end);
-    let values = if req.count_only || (req.keys_only && sort_target != SortTarget::Value) {
-        Values::Skip
-    } else {
-        Values::Read
-    };
+    // The current view reads values last, for the keys it returns, unless it sorts by them.
+    let values_first = sort_target == SortTarget::Value && !req.count_only;
+    let values_last = revision == current && !values_first && !req.count_only && !req.keys_only;
     let (mut kvs, count) = if revision == current {
+        let values = if values_first {
+            Values::Read
+        } else {
+            Values::Skip
+        };
         scan_latest(latest, history, &range, fetch_limit, values)?
     } else {
         scan_history(history, &range, revision, fetch_limit)?
@@ -325,6 +348,11 @@ where
     if req.keys_only {
         for kv in &mut kvs {
             kv.value.clear();
+        }
+    }
+    if values_last {
+        for kv in &mut kvs {
+            fill_value(history, kv)?;
         }
     }
     Ok(RangeResponse {

@@ -11,7 +11,7 @@
 //! sha256 of everything before it (32 bytes)    a checksum; a truncated or corrupt file is refused
 //! ```
 //! Version 02 differs from 01 only in the `latest` rows, which hold a key's metadata without its
-//! value (see `read.rs`). A restore takes both: a 01 snapshot's `latest` rows are rewritten as
+//! key and value (see `read.rs`). A restore takes both: a 01 snapshot's `latest` rows are rewritten as
 //! 02's. A Bulwark that knows only 01 refuses a 02 snapshot as not its own, rather than restoring
 //! rows it would read as keys with empty values.
 //!
