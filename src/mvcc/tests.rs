@@ -419,11 +419,7 @@ fn a_store_from_before_values_left_latest_is_rewritten_at_its_first_open() {
     }
 
     let reopened = Store::open(&path).unwrap();
-    let txn = reopened.begin_read().unwrap();
-    for row in txn.open_table(LATEST).unwrap().iter().unwrap() {
-        let kv = read::decode_kv(row.unwrap().1.value()).unwrap();
-        assert!(kv.key.is_empty() && kv.value.is_empty(), "{kv:?}");
-    }
+    assert_latest_rows_hold_metadata_only(&reopened);
     let all = reopened
         .range(&RangeRequest {
             key: b"\0".to_vec(),
@@ -686,10 +682,14 @@ fn a_snapshot_from_before_values_left_latest_restores_the_same_store() {
         meta.get(META_STORE_FORMAT).unwrap().map(|f| f.value()),
         Some(STORE_FORMAT)
     );
-    let latest = txn.open_table(LATEST).unwrap();
-    for row in latest.iter().unwrap() {
-        let (_, row) = row.unwrap();
-        let kv = read::decode_kv(row.value()).unwrap();
+    drop(txn);
+    assert_latest_rows_hold_metadata_only(&target.store);
+}
+
+fn assert_latest_rows_hold_metadata_only(store: &Store) {
+    let txn = store.begin_read().unwrap();
+    for row in txn.open_table(LATEST).unwrap().iter().unwrap() {
+        let kv = read::decode_kv(row.unwrap().1.value()).unwrap();
         assert!(kv.key.is_empty() && kv.value.is_empty(), "{kv:?}");
     }
 }
