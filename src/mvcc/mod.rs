@@ -52,7 +52,7 @@ pub use result::{decode_result, encode_result};
 pub use snapshot::{verify_snapshot, SnapshotError};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -195,6 +195,10 @@ pub struct Store {
     /// The newest applied revision, published after every apply (watchers wait on it, and read
     /// it through [`Store::begin_read`], which commits it if needed).
     applied: tokio::sync::watch::Sender<i64>,
+    /// How many times `settings` changed (applies that wrote it, restores, `forget_cluster`),
+    /// counted once the change is visible to readers: a caller may keep what it read of the
+    /// settings until the count moves.
+    settings_changes: AtomicU64,
     /// Serialises every writer (applies, flushes, restores, a defragmentation's switch to its
     /// new file); taken before a write transaction is begun.
     writer: Mutex<Writer>,
@@ -356,6 +360,7 @@ impl Store {
                 journal: defrag::Journal::Off,
             }),
             unsettled: AtomicU8::new(0),
+            settings_changes: AtomicU64::new(0),
             defragmenting: Mutex::new(()),
         };
         store.publish()?;
@@ -435,6 +440,9 @@ impl Store {
             };
             self.unsettled
                 .fetch_or(UNSETTLED_APPLIES | settings, Ordering::Release);
+        }
+        if applied.settings_written {
+            self.settings_changed();
         }
         drop(writer);
         // The transaction knew the revision it ended at: no read transaction to ask again.
@@ -532,7 +540,18 @@ impl Store {
         Ok(Some(LeaseInfo { ttl, keys }))
     }
 
-    /// Every cluster setting whose name starts with `prefix`.
+    /// The count of changes to the settings so far (see [`Store::settings_with_prefix`]).
+    pub fn settings_changes(&self) -> u64 {
+        self.settings_changes.load(Ordering::Acquire)
+    }
+
+    /// Called after a change to `settings` is visible to readers.
+    fn settings_changed(&self) {
+        self.settings_changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Every cluster setting whose name starts with `prefix`. A caller that read them when
+    /// [`Store::settings_changes`] counted N may keep the answer while it still counts N.
     pub fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MvccError> {
         let txn = self.begin_read_settings()?;
         let table = txn.open_table(SETTINGS)?;

@@ -270,6 +270,7 @@ impl Store {
                 .map_err(MvccError::from)?;
         }
         txn.commit().map_err(MvccError::from)?;
+        self.settings_changed();
         // A read under the writer lock: it must not need the lock (no batch is open: the lock
         // was taken settled and no apply ran since).
         self.publish()?;
@@ -299,6 +300,7 @@ impl Store {
             settings.retain(|name, _| !is_cluster_secret(name))?;
         }
         txn.commit()?;
+        self.settings_changed();
         Ok(())
     }
 }

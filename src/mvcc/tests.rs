@@ -983,10 +983,14 @@ fn every_read_sees_the_applies_before_it_though_they_share_an_uncommitted_transa
     assert_eq!(store.consensus_state().unwrap().unwrap(), b"5");
 }
 
+/// Also: `settings_changes` moves with every change of the settings, and only then, so that an
+/// answer kept while it stands still is never stale.
 #[test]
 fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
     let (_dir, store) = batching_store();
+    let before = store.settings_changes();
     put_at(&store, "a", "1", b"1");
+    assert_eq!(store.settings_changes(), before, "a put changed no setting");
     assert!(store.settings_with_prefix("alarm/").unwrap().is_empty());
     assert!(
         batch_is_open(&store),
@@ -999,6 +1003,7 @@ fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
         ..Default::default()
     };
     apply_one(&store, command::Kind::SetSetting(setting), b"2");
+    assert_eq!(store.settings_changes(), before + 1);
     assert_eq!(
         store.settings_with_prefix("alarm/").unwrap(),
         vec![("alarm/NOSPACE/1".to_string(), b"NOSPACE".to_vec())]
@@ -1010,7 +1015,23 @@ fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
         ..Default::default()
     };
     apply_one(&store, command::Kind::SetSetting(removal), b"3");
+    assert_eq!(store.settings_changes(), before + 2);
     assert_eq!(store.setting("alarm/NOSPACE/1").unwrap(), None);
+
+    let mut snapshot = Vec::new();
+    store.write_snapshot(&mut snapshot).unwrap();
+    store.restore_snapshot(snapshot.as_slice()).unwrap();
+    assert_eq!(
+        store.settings_changes(),
+        before + 3,
+        "a restore replaces the settings"
+    );
+    store.forget_cluster().unwrap();
+    assert_eq!(
+        store.settings_changes(),
+        before + 4,
+        "forgetting the cluster drops some"
+    );
 }
 
 #[test]

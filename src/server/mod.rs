@@ -310,6 +310,7 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
             member_id,
         },
         limits: options.limits,
+        nospace_seen: Default::default(),
     });
 
     // Caught from before the lines below announce the member: whoever stops it as soon as it
