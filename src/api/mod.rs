@@ -94,7 +94,8 @@ pub struct ApiContext {
     pub nospace_seen: SeenAlarm,
 }
 
-/// An alarm's state as last read, with the store's count of settings changes at that read.
+/// An alarm's state as last read, with the store's count of settings changes at that read,
+/// packed as `changes << 1 | raised` (one atomic: the two always go together).
 #[derive(Debug)]
 pub struct SeenAlarm(std::sync::atomic::AtomicU64);
 
@@ -105,7 +106,7 @@ impl Default for SeenAlarm {
 }
 
 impl SeenAlarm {
-    /// Packed as `changes << 1 | raised`; never read yet.
+    /// Never read yet.
     const UNREAD: u64 = u64::MAX;
 
     fn get(&self, changes: u64) -> Option<bool> {
@@ -195,14 +196,16 @@ impl ApiContext {
     /// transaction and a range) was about 1% of a member's CPU under a put load.
     fn nospace_raised(&self) -> Result<bool, ApiError> {
         let changes = self.store.settings_changes();
-        if let Some(raised) = self.nospace_seen.get(changes) {
+        if let Some(raised) = changes.and_then(|changes| self.nospace_seen.get(changes)) {
             return Ok(raised);
         }
         let raised = !self
             .store
             .settings_with_prefix(&format!("{ALARM_PREFIX}NOSPACE/"))?
             .is_empty();
-        self.nospace_seen.set(changes, raised);
+        if let Some(changes) = changes {
+            self.nospace_seen.set(changes, raised);
+        }
         Ok(raised)
     }
 

@@ -540,12 +540,17 @@ impl Store {
         Ok(Some(LeaseInfo { ttl, keys }))
     }
 
-    /// The count of changes to the settings so far (see [`Store::settings_with_prefix`]).
-    pub fn settings_changes(&self) -> u64 {
-        self.settings_changes.load(Ordering::Acquire)
+    /// The count of changes to the settings so far (see [`Store::settings_with_prefix`]); `None`
+    /// while a change is not committed yet or once the store failed: a caller must then read the
+    /// store, which commits the change or reports the failure.
+    pub fn settings_changes(&self) -> Option<u64> {
+        let changes = self.settings_changes.load(Ordering::Acquire);
+        (self.unsettled.load(Ordering::Acquire) & UNSETTLED_SETTINGS == 0).then_some(changes)
     }
 
-    /// Called after a change to `settings` is visible to readers.
+    /// Called after a change to `settings` is visible to readers. Release: whoever sees the new
+    /// count also sees what made the change visible (the commit, or `UNSETTLED_SETTINGS` set
+    /// before it, which sends the reader to the store).
     fn settings_changed(&self) {
         self.settings_changes.fetch_add(1, Ordering::Release);
     }

@@ -983,14 +983,10 @@ fn every_read_sees_the_applies_before_it_though_they_share_an_uncommitted_transa
     assert_eq!(store.consensus_state().unwrap().unwrap(), b"5");
 }
 
-/// Also: `settings_changes` moves with every change of the settings, and only then, so that an
-/// answer kept while it stands still is never stale.
 #[test]
 fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
     let (_dir, store) = batching_store();
-    let before = store.settings_changes();
     put_at(&store, "a", "1", b"1");
-    assert_eq!(store.settings_changes(), before, "a put changed no setting");
     assert!(store.settings_with_prefix("alarm/").unwrap().is_empty());
     assert!(
         batch_is_open(&store),
@@ -1003,7 +999,6 @@ fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
         ..Default::default()
     };
     apply_one(&store, command::Kind::SetSetting(setting), b"2");
-    assert_eq!(store.settings_changes(), before + 1);
     assert_eq!(
         store.settings_with_prefix("alarm/").unwrap(),
         vec![("alarm/NOSPACE/1".to_string(), b"NOSPACE".to_vec())]
@@ -1015,23 +1010,56 @@ fn settings_reads_commit_the_batch_only_when_it_wrote_settings() {
         ..Default::default()
     };
     apply_one(&store, command::Kind::SetSetting(removal), b"3");
-    assert_eq!(store.settings_changes(), before + 2);
     assert_eq!(store.setting("alarm/NOSPACE/1").unwrap(), None);
+}
+
+/// `settings_changes` moves with every change of the settings and only then, and stands aside
+/// (`None`) while a change is uncommitted or the store failed, so that an answer kept while it
+/// stands still is never stale.
+#[test]
+fn settings_changes_counts_every_change_of_the_settings() {
+    let alarm = |value: &str| {
+        command::Kind::SetSetting(crate::proto::bulwarkpb::Setting {
+            name: "alarm/NOSPACE/1".into(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        })
+    };
+    let (_dir, store) = batching_store();
+    let before = store.settings_changes().expect("nothing uncommitted");
+    put_at(&store, "a", "1", b"1");
+    assert_eq!(
+        store.settings_changes(),
+        Some(before),
+        "a put changed no setting"
+    );
+
+    // Written into the open batch: no count until a settings read commits it.
+    apply_one(&store, alarm("NOSPACE"), b"2");
+    assert_eq!(store.settings_changes(), None);
+    assert_eq!(store.settings_with_prefix("alarm/").unwrap().len(), 1);
+    assert_eq!(store.settings_changes(), Some(before + 1));
+
+    // Committed by the apply itself.
+    store.writer().batch_interval = Duration::ZERO;
+    apply_one(&store, alarm(""), b"3");
+    assert_eq!(store.settings_changes(), Some(before + 2));
 
     let mut snapshot = Vec::new();
     store.write_snapshot(&mut snapshot).unwrap();
     store.restore_snapshot(snapshot.as_slice()).unwrap();
-    assert_eq!(
-        store.settings_changes(),
-        before + 3,
-        "a restore replaces the settings"
-    );
+    assert_eq!(store.settings_changes(), Some(before + 3), "a restore");
     store.forget_cluster().unwrap();
     assert_eq!(
         store.settings_changes(),
-        before + 4,
-        "forgetting the cluster drops some"
+        Some(before + 4),
+        "forgetting the cluster"
     );
+
+    // What `Store::apply` records when a storage error rolls the open batch back.
+    store.writer().failed = Some("injected".into());
+    store.unsettled.store(UNSETTLED_ALL, Ordering::Release);
+    assert_eq!(store.settings_changes(), None, "a failed store");
 }
 
 #[test]
