@@ -1184,9 +1184,18 @@ async fn a_paused_leader_is_replaced_and_follows_once_resumed() {
 // ---------------------------------------------------------------------------------------------
 // Network faults (through the proxy)
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_cut_off_from_the_majority_is_replaced_and_commits_nothing() {
-    let cluster = Cluster::start(ClusterOptions::new(3).proxied());
+/// A three-member cluster whose leader was cut off from the others while a put of `isolated`
+/// was on its way to it, and the leader the others elected instead.
+struct CutOff {
+    old: usize,
+    majority: Vec<usize>,
+    new: usize,
+    old_client: Client,
+    new_client: Client,
+    isolated_write: tokio::task::JoinHandle<Result<etcd_client::PutResponse, etcd_client::Error>>,
+}
+
+async fn cut_off_the_leader_with_a_write_in_flight(cluster: &Cluster) -> CutOff {
     let old = cluster.wait_leader(&[0, 1, 2]);
     let majority = cluster.others(old);
     let mut old_client = cluster.member(old).client().await;
@@ -1197,7 +1206,28 @@ async fn a_leader_cut_off_from_the_majority_is_replaced_and_commits_nothing() {
     let mut writer = old_client.clone();
     let isolated_write = tokio::spawn(async move { writer.put("isolated", "x", None).await });
     let new = cluster.wait_leader(&majority);
-    let mut new_client = cluster.member(new).client().await;
+    let new_client = cluster.member(new).client().await;
+    CutOff {
+        old,
+        majority,
+        new,
+        old_client,
+        new_client,
+        isolated_write,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_majority_is_replaced_and_commits_nothing() {
+    let cluster = Cluster::start(ClusterOptions::new(3).proxied());
+    let CutOff {
+        majority,
+        new,
+        mut old_client,
+        mut new_client,
+        isolated_write,
+        ..
+    } = cut_off_the_leader_with_a_write_in_flight(&cluster).await;
     let revision = put(&mut new_client, "majority", "after the partition").await;
     let other = *majority.iter().find(|index| **index != new).unwrap();
     let mut other_client = cluster.member(other).client().await;
@@ -1250,16 +1280,13 @@ async fn a_cut_off_leader_brought_back_by_a_snapshot_takes_writes_again() {
     // openraft says at info level when a member installs a snapshot from the leader.
     options.member = options.member.log_filter("info");
     let cluster = Cluster::start(options);
-    let old = cluster.wait_leader(&[0, 1, 2]);
-    let majority = cluster.others(old);
-    let mut old_client = cluster.member(old).client().await;
-    put(&mut old_client, "before", "the partition").await;
-
-    cluster.isolate(old);
-    let mut writer = old_client.clone();
-    let isolated_write = tokio::spawn(async move { writer.put("isolated", "x", None).await });
-    let new = cluster.wait_leader(&majority);
-    let mut new_client = cluster.member(new).client().await;
+    let CutOff {
+        old,
+        mut old_client,
+        mut new_client,
+        isolated_write,
+        ..
+    } = cut_off_the_leader_with_a_write_in_flight(&cluster).await;
     // Several snapshot intervals, and past the 20 entries a snapshot keeps behind it.
     for round in 0..100 {
         put(&mut new_client, &format!("majority-{round:03}"), "v").await;

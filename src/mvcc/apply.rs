@@ -234,17 +234,12 @@ impl<'txn> ApplyState<'txn> {
         writing: &mut Writing,
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, MvccError> {
-        let values = if req.prev_kv {
-            Values::Read
-        } else {
-            Values::Skip
-        };
         let (deleted, _) = scan_latest(
             &self.latest,
             &self.history,
             &KeyRange::new(&req.key, &req.range_end),
             0,
-            values,
+            Values::read_if(req.prev_kv),
         )?;
         for kv in &deleted {
             let revision = writing.next();
@@ -324,11 +319,7 @@ impl<'txn> ApplyState<'txn> {
         let mut succeeded = true;
         for compare in &req.compare {
             let range = KeyRange::new(&compare.key, &compare.range_end);
-            let values = if compare::compares_values(compare) {
-                Values::Read
-            } else {
-                Values::Skip
-            };
+            let values = Values::read_if(compare::compares_values(compare));
             let (kvs, _) = scan_latest(&self.latest, &self.history, &range, 0, values)?;
             if !compare::holds(compare, &kvs) {
                 succeeded = false;

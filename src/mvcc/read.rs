@@ -68,6 +68,16 @@ pub(super) enum Values {
     Skip,
 }
 
+impl Values {
+    pub(super) fn read_if(needed: bool) -> Values {
+        if needed {
+            Values::Read
+        } else {
+            Values::Skip
+        }
+    }
+}
+
 /// The `latest` row of `kv`: everything but its key (the row's key) and its value (in `history`).
 pub(super) fn latest_row(kv: &KeyValue) -> Vec<u8> {
     KeyValue {
@@ -287,12 +297,13 @@ where
     let values_first = sort_target == SortTarget::Value && !req.count_only;
     let values_last = revision == current && !values_first && !req.count_only && !req.keys_only;
     let (mut kvs, count) = if revision == current {
-        let values = if values_first {
-            Values::Read
-        } else {
-            Values::Skip
-        };
-        scan_latest(latest, history, &range, fetch_limit, values)?
+        scan_latest(
+            latest,
+            history,
+            &range,
+            fetch_limit,
+            Values::read_if(values_first),
+        )?
     } else {
         scan_history(history, &range, revision, fetch_limit)?
     };

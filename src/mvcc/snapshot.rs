@@ -23,7 +23,9 @@ use std::io::{Read, Write};
 use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 
-use super::read::{decode_latest_row, latest_row};
+#[cfg(test)]
+use super::read::decode_latest_row;
+use super::read::drop_values_from_latest;
 use super::{
     MvccError, Store, BY_REVISION, CONSENSUS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, SETTINGS,
 };
@@ -210,12 +212,6 @@ impl Store {
             for (table, key, value) in records {
                 let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
                 match table {
-                    TABLE_LATEST if version == MAGIC_WITH_LATEST_VALUES => {
-                        let row = latest_row(&decode_latest_row(key, value)?);
-                        latest
-                            .insert(key, row.as_slice())
-                            .map_err(MvccError::from)?;
-                    }
                     TABLE_LATEST => {
                         latest.insert(key, value).map_err(MvccError::from)?;
                     }
@@ -266,6 +262,9 @@ impl Store {
                 }
             }
             // The rows are in this version's layout now, whichever version wrote them.
+            if version == MAGIC_WITH_LATEST_VALUES {
+                drop_values_from_latest(&mut latest)?;
+            }
             meta.insert(super::META_STORE_FORMAT, super::STORE_FORMAT)
                 .map_err(MvccError::from)?;
         }
