@@ -1267,11 +1267,52 @@ async fn a_leader_cut_off_from_the_majority_is_replaced_and_commits_nothing() {
     );
 }
 
+/// A leader cut off with a write in consensus is replaced and comes back before the write's
+/// request times out. The new leader's log deletes the entry holding the write. That entry's
+/// outcome is unknown to the member (in a larger cluster another member holding it could still
+/// be elected and commit it), so the write must not be proposed again through the new leader,
+/// which could apply it twice: the client gets etcd's unknown-outcome answer, and here, where
+/// the entry never left the cut-off member, the write is nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_deleted_from_a_cut_off_leaders_log_is_answered_unknown_not_written_again() {
+    let cluster = Cluster::start(ClusterOptions::new(3).proxied());
+    let CutOff {
+        mut new_client,
+        isolated_write,
+        ..
+    } = cut_off_the_leader_with_a_write_in_flight(&cluster).await;
+    put(&mut new_client, "majority", "after the partition").await;
+    cluster.heal();
+
+    let written = bounded("the isolated put", MUST_FAIL_WITHIN, isolated_write)
+        .await
+        .expect("the writer task");
+    let error = written.expect_err("a write only the cut-off leader held was acknowledged");
+    let status = status_of(&error).unwrap_or_else(|| panic!("not a gRPC status: {error:?}"));
+    // "leader changed" when the new leader's log reached the member within the request's time
+    // (as in every run so far); "request timed out" if it came later.
+    assert!(
+        status.code() == Code::Unavailable
+            && [
+                "etcdserver: leader changed",
+                "etcdserver: request timed out"
+            ]
+            .contains(&status.message()),
+        "{status:?}"
+    );
+    cluster.wait_leader(&[0, 1, 2]);
+    cluster.wait_converged(&[0, 1, 2]);
+    for index in 0..3 {
+        let mut client = cluster.member(index).client().await;
+        assert_eq!(get(&mut client, "isolated").await, None, "member {index}");
+    }
+}
+
 /// A leader cut off with a write in consensus is replaced, and comes back through a snapshot (the
 /// majority wrote far past its snapshot interval meanwhile). The entry holding that write was
-/// never on the majority. If openraft finds it conflicting with the new leader's log, it answers
-/// "forward to the leader" and the write goes to the new leader; if the snapshot covers past it,
-/// openraft drops it unanswered, and the member gives it up after the request timeout. Either
+/// never on the majority. If openraft finds it conflicting with the new leader's log, the write
+/// is answered "leader changed"; if the snapshot covers past it, openraft drops it unanswered,
+/// and the member gives it up after the request timeout. Either
 /// way the member's next writes, queued behind that entry (one entry in consensus at a time),
 /// must go through, and a write it acknowledged must be on every member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -248,6 +248,56 @@ async fn survive_kill_9(mut cluster: Cluster, writers: usize) -> Cluster {
     cluster
 }
 
+/// openraft stops consensus at a storage error it cannot go on from. The member must not linger
+/// with its ports open and no consensus behind them: it exits, saying why, and a restart
+/// recovers every write it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_consensus_stops_at_a_storage_error_exits_and_a_restart_recovers() {
+    let mut cluster = Cluster::start(ClusterOptions::new(1).snapshot_count(5));
+    // The next snapshot cannot be saved: a directory takes its pending file's name.
+    let blocker = cluster
+        .member(0)
+        .data_dir()
+        .join("state/snapshot.bin.pending");
+    std::fs::create_dir(&blocker).expect("the blocking directory");
+    let mut client = cluster.member(0).client().await;
+    let mut acknowledged = Vec::new();
+    let writes = async {
+        for round in 0..100 {
+            let key = format!("k{round:03}");
+            match client.put(key.as_str(), "v", None).await {
+                Ok(response) => acknowledged.push((key, response.header().unwrap().revision())),
+                Err(_) => break,
+            }
+        }
+    };
+    tokio::time::timeout(WRITE_PHASE_TIMEOUT, writes)
+        .await
+        .expect("the puts end, acknowledged or refused");
+
+    assert!(
+        !acknowledged.is_empty(),
+        "no put was acknowledged before the snapshot failed"
+    );
+    let status = cluster.member_mut(0).wait_exit(WRITE_PHASE_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{status}");
+    let logs = cluster.member(0).logs();
+    assert!(logs.contains("consensus stopped"), "{logs}");
+
+    std::fs::remove_dir(&blocker).unwrap();
+    cluster.member_mut(0).restart();
+    let mut client = cluster.member(0).client().await;
+    for (key, revision) in &acknowledged {
+        let response = client.get(key.as_str(), None).await.unwrap();
+        assert_eq!(
+            response.kvs().first().map(|kv| kv.mod_revision()),
+            Some(*revision),
+            "{key}"
+        );
+    }
+    client.put("after", "the restart", None).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_continues_the_revision_sequence() {
     let mut cluster = Cluster::single();

@@ -305,6 +305,13 @@ impl Consensus {
                             None => return Err(ProposeError::NoLeader),
                         }
                     }
+                    // Appended while this member led, then deleted by a newer leader: it may
+                    // still be committed by a member that holds it, so it is not proposed
+                    // again (that could apply it twice). The client learns the outcome is
+                    // unknown, as etcd answers a write lost in a leader change.
+                    Err(WriteFailure::Raft(RaftError::APIError(
+                        ClientWriteError::LogTruncated,
+                    ))) => return Err(ProposeError::LeaderChanged),
                     Err(WriteFailure::Raft(RaftError::APIError(
                         ClientWriteError::ChangeMembershipError(e),
                     ))) => return Err(ProposeError::Peer(e.to_string())),
@@ -464,9 +471,9 @@ impl Consensus {
         loop {
             match self.raft.add_learner(id, node.clone(), false).await {
                 Ok(_) => return Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    return Err(ProposeError::LeaderChanged)
-                }
+                Err(RaftError::APIError(
+                    ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogTruncated,
+                )) => return Err(ProposeError::LeaderChanged),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
                 ))) if tokio::time::Instant::now() < deadline => {
@@ -517,6 +524,10 @@ impl Consensus {
                 }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     Err(ProposeError::Membership(e.to_string()))
+                }
+                // As for a write: its outcome is unknown, so it is not proposed again.
+                Err(RaftError::APIError(ClientWriteError::LogTruncated)) => {
+                    Err(ProposeError::LeaderChanged)
                 }
                 Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
             }
@@ -651,6 +662,21 @@ impl Consensus {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+
+    /// Resolves when consensus has stopped by itself (openraft stops at a storage error it
+    /// cannot go on from), with the reason. The member cannot take part in the cluster any more,
+    /// so the server ends; a restart recovers from what is on disk.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "consensus ended".to_string();
+            }
+        }
     }
 }
 

@@ -6,11 +6,13 @@
 //! - `applied_state` after a restart is exactly the position of the last committed apply;
 //! - a snapshot's metadata is the position recorded *inside* the snapshot, so they agree;
 //! - the newest snapshot is kept on disk (`DATA/state/snapshot.*`) so a restarted member can
-//!   still send it to a lagging follower after its log was purged.
+//!   still send it to a lagging follower after its log was purged;
+//! - the kept snapshot only ever moves forward: a snapshot built from an older state (a builder
+//!   runs beside the worker that installs the leader's snapshots) never replaces a newer one.
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -57,10 +59,30 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The start of a [`StoredSnapshot`]: reading it reads the metadata and not the data.
+#[derive(Deserialize)]
+struct StoredSnapshotMeta {
+    meta: SnapshotMeta<NodeId, MemberNode>,
+}
+
+/// What a state machine and its snapshot builders know of the kept snapshot file.
+enum KeptSnapshot {
+    /// Not looked at since the member started.
+    Unread,
+    /// The last log id of the snapshot in the file (`None`: no file, or an empty snapshot).
+    Covers(Option<LogId<NodeId>>),
+}
+
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
     snapshot_path: PathBuf,
+    /// Shared with every snapshot builder cloned from this state machine. openraft runs a build
+    /// beside the worker that installs snapshots sent by the leader, so two saves can overlap:
+    /// they take turns on this lock (they write the same pending file), and a build that
+    /// finishes after a newer snapshot was installed keeps the newer one (the log is already
+    /// purged up to it).
+    kept: Arc<Mutex<KeptSnapshot>>,
     /// The position as the last apply left it, so that an apply needs no read of the store
     /// (which would commit the store's open batch every time). `None`: read it from the store.
     position: Option<Position>,
@@ -71,20 +93,49 @@ impl StateMachine {
         StateMachine {
             store,
             snapshot_path,
+            kept: Arc::new(Mutex::new(KeptSnapshot::Unread)),
             position: None,
         }
     }
 
-    /// Replaces the kept snapshot, durably: the log is purged behind it next, so after a crash
-    /// the file must hold this snapshot, not the one before. Written as it is serialized (a
-    /// whole second copy in memory would double the peak of a large store's snapshot).
-    fn save_snapshot(&self, snapshot: &StoredSnapshot) -> StoreResult<()> {
+    /// Replaces the kept snapshot, durably, unless the kept one is at least as new (then
+    /// returns false): the log is purged behind the snapshot next, so after a crash the file
+    /// must hold this snapshot, not the one before. Written as it is serialized (a whole second
+    /// copy in memory would double the peak of a large store's snapshot).
+    fn save_snapshot(&self, snapshot: &StoredSnapshot) -> StoreResult<bool> {
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let kept_covers = match *kept {
+            KeptSnapshot::Covers(last_log_id) => last_log_id,
+            KeptSnapshot::Unread => self.read_kept_meta()?.and_then(|meta| meta.last_log_id),
+        };
+        if kept_covers.is_some() && kept_covers >= snapshot.meta.last_log_id {
+            *kept = KeptSnapshot::Covers(kept_covers);
+            return Ok(false);
+        }
         crate::pki::replace_file_with(&self.snapshot_path, false, |file| {
             let mut out = std::io::BufWriter::new(file);
             bincode::serialize_into(&mut out, snapshot).map_err(std::io::Error::other)?;
             std::io::Write::flush(&mut out)
         })
-        .map_err(snapshot_error)
+        .map_err(snapshot_error)?;
+        *kept = KeptSnapshot::Covers(snapshot.meta.last_log_id);
+        Ok(true)
+    }
+
+    /// The kept snapshot's metadata, read without its data.
+    fn read_kept_meta(&self) -> StoreResult<Option<SnapshotMeta<NodeId, MemberNode>>> {
+        match std::fs::File::open(&self.snapshot_path) {
+            Ok(file) => {
+                let header: StoredSnapshotMeta =
+                    bincode::deserialize_from(std::io::BufReader::new(file)).map_err(read_error)?;
+                Ok(Some(header.meta))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(read_error(error)),
+        }
     }
 
     fn load_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
@@ -125,6 +176,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             },
             data,
         };
+        // Not saved when a newer snapshot was installed meanwhile; openraft then drops this one
+        // too, as older than the snapshot it already has.
         self.save_snapshot(&stored)?;
         Ok(Snapshot {
             meta: stored.meta,
@@ -217,7 +270,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.save_snapshot(&StoredSnapshot {
             meta: meta.clone(),
             data,
-        })
+        })?;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
@@ -293,5 +347,94 @@ mod tests {
         assert_eq!(revisions, vec![vec![2, 3], vec![], vec![], vec![4]]);
         let (applied, _) = machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(4));
+    }
+
+    /// A state machine holding puts of keys `0..count`, one entry each, and its snapshot of them.
+    async fn machine_with_puts(
+        dir: &std::path::Path,
+        count: u64,
+    ) -> (StateMachine, Snapshot<TypeConfig>) {
+        let store = Arc::new(Store::open(&dir.join("mvcc.redb")).unwrap());
+        let mut machine = StateMachine::new(store, dir.join("snapshot.bin"));
+        let entries = (1..=count).map(|index| {
+            entry(
+                index,
+                EntryPayload::Normal(Request {
+                    commands: vec![put(&index.to_string())],
+                }),
+            )
+        });
+        machine.apply(entries.collect::<Vec<_>>()).await.unwrap();
+        let snapshot = machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        (machine, snapshot)
+    }
+
+    fn kept_index(machine: &StateMachine) -> Option<u64> {
+        let meta = machine.read_kept_meta().unwrap().expect("a kept snapshot");
+        meta.last_log_id.map(|log_id| log_id.index)
+    }
+
+    /// The failure this guards against: a member cut off from the leader started building a
+    /// snapshot, installed a newer one from the leader meanwhile (purging its log up to it), and
+    /// then both saves wrote the same pending file: one failed, which stopped Raft on that
+    /// member, and an older build could have replaced the newer snapshot.
+    #[tokio::test]
+    async fn a_snapshot_built_from_an_older_state_never_replaces_a_newer_one() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let (_, newer) = machine_with_puts(leader_dir.path(), 10).await;
+        let follower_dir = tempfile::tempdir().unwrap();
+        let (mut follower, older) = machine_with_puts(follower_dir.path(), 3).await;
+        let builder = follower.get_snapshot_builder().await;
+        let older = StoredSnapshot {
+            meta: older.meta,
+            data: older.snapshot.into_inner(),
+        };
+
+        follower
+            .install_snapshot(&newer.meta, newer.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(kept_index(&follower), Some(10));
+        // The build that read the store before the install finishes after it.
+        assert!(!builder.save_snapshot(&older).unwrap());
+        assert_eq!(kept_index(&follower), Some(10));
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(10));
+
+        // After a restart too, from the file alone.
+        let store = follower.store.clone();
+        drop((follower, builder));
+        let restarted = StateMachine::new(store, follower_dir.path().join("snapshot.bin"));
+        assert!(!restarted.save_snapshot(&older).unwrap());
+        assert_eq!(kept_index(&restarted), Some(10));
+    }
+
+    #[tokio::test]
+    async fn overlapping_snapshot_saves_all_succeed_and_the_newest_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, snapshot) = machine_with_puts(dir.path(), 3).await;
+        let data = snapshot.snapshot.into_inner();
+        let saves: Vec<StoredSnapshot> = (4..=11)
+            .map(|index| {
+                let mut meta = snapshot.meta.clone();
+                meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 1), index));
+                StoredSnapshot {
+                    meta,
+                    data: data.clone(),
+                }
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for save in &saves {
+                let saver = machine.clone();
+                scope.spawn(move || saver.save_snapshot(save).unwrap());
+            }
+        });
+        assert_eq!(kept_index(&machine), Some(11));
     }
 }

@@ -66,6 +66,11 @@ pub enum ServerError {
     Log(#[from] LogStoreError),
     #[error("consensus: {0}")]
     Consensus(#[from] ProposeError),
+    #[error(
+        "consensus stopped: {0}; the member stops too (start it again to recover from its \
+             data directory)"
+    )]
+    ConsensusStopped(String),
     #[error(transparent)]
     Rotation(#[from] identities::rotation::RotationError),
     #[error("installing the SIGTERM/SIGINT handlers: {0}")]
@@ -389,22 +394,24 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         let _ = stop.send(true);
     };
     tokio::pin!(clients, peers);
-    // A listener that fails ends the member too: it must not linger half-serving.
+    // A listener that fails, or consensus stopping on an error, ends the member too: it must not
+    // linger half-serving.
     let result = tokio::select! {
         () = signal => {
             // Requests in flight may finish; a connection that stays open without them (an idle
             // or silent client) must not keep the member from stopping.
             let graceful = async { tokio::join!(&mut clients, &mut peers) };
             match tokio::time::timeout(SHUTDOWN_GRACE, graceful).await {
-                Ok((client_result, peer_result)) => client_result.and(peer_result),
+                Ok((client_result, peer_result)) => client_result.and(peer_result).map_err(Into::into),
                 Err(_) => {
                     tracing::warn!("closing connections still open after {SHUTDOWN_GRACE:?}");
                     Ok(())
                 }
             }
         }
-        result = &mut clients => result,
-        result = &mut peers => result,
+        result = &mut clients => result.map_err(Into::into),
+        result = &mut peers => result.map_err(Into::into),
+        reason = consensus.stopped() => Err(ServerError::ConsensusStopped(reason)),
     };
     tracing::info!("stopped serving; stopping consensus");
     promoter.abort();

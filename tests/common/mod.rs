@@ -683,15 +683,19 @@ impl Member {
     }
 
     fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit(STOP_TIMEOUT)
+    }
+
+    /// Waits for the process to exit and returns its status. Panics (after SIGKILL) if it is
+    /// still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self
             .process
             .take()
             .unwrap_or_else(|| panic!("member {} is not running", self.name));
         self.pid.store(0, Ordering::SeqCst);
-        // SAFETY: plain kill(2) on the pid of a child we have not reaped yet.
-        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        assert_eq!(sent, 0, "kill({}, {signal}) failed", child.id());
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
@@ -700,7 +704,7 @@ impl Member {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "member {} did not exit within {STOP_TIMEOUT:?} of signal {signal}\n{}",
+                    "member {} did not exit within {timeout:?}\n{}",
                     self.name,
                     self.logs()
                 );
@@ -720,9 +724,13 @@ impl Member {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let child = self.process.as_ref().expect("a running member");
+        let child = self
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("member {} is not running", self.name));
         // SAFETY: kill(2) on our unreaped child.
-        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill({}, {signal}) failed", child.id());
     }
 
     /// Whether the process is running (reaps it if it exited on its own).

@@ -196,6 +196,13 @@ where
     /// When writing a change-membership entry.
     #[error(transparent)]
     ChangeMembershipError(#[from] ChangeMembershipError<NID>),
+
+    /// BULWARK: the entry was in this node's log (appended while it led) and was deleted as
+    /// conflicting with a newer leader's log. Unlike [`ForwardToLeader`] answered to a write
+    /// that was never appended, its outcome is unknown: another node that holds the entry may
+    /// still be elected and commit it, so proposing the write again could apply it twice.
+    #[error("the entry was deleted from this node's log by a newer leader; it may still be committed elsewhere")]
+    LogTruncated,
 }
 
 impl<NID, N> TryAsRef<ForwardToLeader<NID, N>> for ClientWriteError<NID, N>
