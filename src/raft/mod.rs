@@ -341,6 +341,20 @@ impl Consensus {
         Ok(applied)
     }
 
+    /// The leader this member knows of, when it is another member.
+    fn another_leader(&self) -> ForwardToLeader<NodeId, MemberNode> {
+        let leader = self
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .filter(|leader| *leader != self.id);
+        ForwardToLeader {
+            leader_id: leader,
+            leader_node: None,
+        }
+    }
+
     fn leader_node(&self, forward: &ForwardToLeader<NodeId, MemberNode>) -> Option<MemberNode> {
         if let Some(node) = &forward.leader_node {
             return Some(node.clone());
@@ -370,17 +384,7 @@ impl Consensus {
                 Err(ProposeError::LeaderChanged) => {}
                 Err(other) => return Err(other),
             }
-            let leader = self
-                .raft
-                .metrics()
-                .borrow()
-                .current_leader
-                .filter(|leader| *leader != self.id);
-            let forward = ForwardToLeader {
-                leader_id: leader,
-                leader_node: None,
-            };
-            match self.leader_node(&forward) {
+            match self.leader_node(&self.another_leader()) {
                 Some(node) => {
                     match network::fetch_read_index(&self.tls, &node, REQUEST_TIMEOUT).await {
                         Ok(index) => break index,
@@ -502,34 +506,29 @@ impl Consensus {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 result = self.raft.change_membership(changes.clone(), false).await;
             }
-            match result {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    match self.leader_node(&forward) {
-                        Some(leader) if may_forward => {
-                            let encoded = bincode::serialize(&changes)
-                                .map_err(|e| ProposeError::Peer(e.to_string()))?;
-                            network::forward_membership_change(
-                                &self.tls,
-                                &leader,
-                                encoded,
-                                REQUEST_TIMEOUT,
-                            )
-                            .await
-                            .map_err(status_to_error)
-                        }
-                        Some(_) => Err(ProposeError::LeaderChanged),
-                        None => Err(ProposeError::NoLeader),
-                    }
-                }
+            // A change whose entry a newer leader deleted goes to that leader, unlike a write:
+            // changes are set operations on the membership, so applying one twice is harmless,
+            // and giving it up could leave the cluster in the joint configuration of its first
+            // step.
+            let forward = match result {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
+                Err(RaftError::APIError(ClientWriteError::LogTruncated)) => self.another_leader(),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    Err(ProposeError::Membership(e.to_string()))
+                    return Err(ProposeError::Membership(e.to_string()))
                 }
-                // As for a write: its outcome is unknown, so it is not proposed again.
-                Err(RaftError::APIError(ClientWriteError::LogTruncated)) => {
-                    Err(ProposeError::LeaderChanged)
+                Err(RaftError::Fatal(_)) => return Err(ProposeError::Stopped),
+            };
+            match self.leader_node(&forward) {
+                Some(leader) if may_forward => {
+                    let encoded = bincode::serialize(&changes)
+                        .map_err(|e| ProposeError::Peer(e.to_string()))?;
+                    network::forward_membership_change(&self.tls, &leader, encoded, REQUEST_TIMEOUT)
+                        .await
+                        .map_err(status_to_error)
                 }
-                Err(RaftError::Fatal(_)) => Err(ProposeError::Stopped),
+                Some(_) => Err(ProposeError::LeaderChanged),
+                None => Err(ProposeError::NoLeader),
             }
         };
         tokio::time::timeout(REQUEST_TIMEOUT, attempt)
@@ -669,14 +668,13 @@ impl Consensus {
     /// so the server ends; a restart recovers from what is on disk.
     pub async fn stopped(&self) -> String {
         let mut metrics = self.raft.metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow().running_state {
-                return fatal.to_string();
-            }
-            if metrics.changed().await.is_err() {
-                return "consensus ended".to_string();
-            }
-        }
+        let fatal = metrics
+            .wait_for(|metrics| metrics.running_state.is_err())
+            .await
+            .ok()
+            .and_then(|metrics| metrics.running_state.clone().err());
+        // None: the core's task ended without saying why (a panic).
+        fatal.map_or_else(|| "consensus ended".to_string(), |fatal| fatal.to_string())
     }
 }
 

@@ -73,49 +73,40 @@ enum KeptSnapshot {
     Covers(Option<LogId<NodeId>>),
 }
 
+/// The kept snapshot file, shared by a state machine and every snapshot builder cloned from it.
+/// openraft runs a build beside the worker that installs snapshots sent by the leader, so two
+/// saves can overlap: they take turns (both write the same pending file, which each would delete
+/// under the other), and a build that finishes after a newer snapshot was installed leaves the
+/// newer one in place (the log is already purged up to it).
 #[derive(Clone)]
-pub struct StateMachine {
-    store: Arc<Store>,
-    snapshot_path: PathBuf,
-    /// Shared with every snapshot builder cloned from this state machine. openraft runs a build
-    /// beside the worker that installs snapshots sent by the leader, so two saves can overlap:
-    /// they take turns on this lock (they write the same pending file), and a build that
-    /// finishes after a newer snapshot was installed keeps the newer one (the log is already
-    /// purged up to it).
+struct SnapshotFile {
+    path: PathBuf,
     kept: Arc<Mutex<KeptSnapshot>>,
-    /// The position as the last apply left it, so that an apply needs no read of the store
-    /// (which would commit the store's open batch every time). `None`: read it from the store.
-    position: Option<Position>,
 }
 
-impl StateMachine {
-    pub fn new(store: Arc<Store>, snapshot_path: PathBuf) -> Self {
-        StateMachine {
-            store,
-            snapshot_path,
-            kept: Arc::new(Mutex::new(KeptSnapshot::Unread)),
-            position: None,
-        }
-    }
-
+impl SnapshotFile {
     /// Replaces the kept snapshot, durably, unless the kept one is at least as new (then
     /// returns false): the log is purged behind the snapshot next, so after a crash the file
     /// must hold this snapshot, not the one before. Written as it is serialized (a whole second
-    /// copy in memory would double the peak of a large store's snapshot).
-    fn save_snapshot(&self, snapshot: &StoredSnapshot) -> StoreResult<bool> {
+    /// copy in memory would double the peak of a large store's snapshot). Blocking: file I/O
+    /// and fsyncs, and a wait for an overlapping save.
+    fn save(&self, snapshot: &StoredSnapshot) -> StoreResult<bool> {
         let mut kept = self
             .kept
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let kept_covers = match *kept {
             KeptSnapshot::Covers(last_log_id) => last_log_id,
-            KeptSnapshot::Unread => self.read_kept_meta()?.and_then(|meta| meta.last_log_id),
+            KeptSnapshot::Unread => self.read_meta()?.and_then(|meta| meta.last_log_id),
         };
+        // An equal one holds the same state (a build can read the store just after an install
+        // restored it): either copy serves.
         if kept_covers.is_some() && kept_covers >= snapshot.meta.last_log_id {
             *kept = KeptSnapshot::Covers(kept_covers);
             return Ok(false);
         }
-        crate::pki::replace_file_with(&self.snapshot_path, false, |file| {
+        // Private: unlike a backup, a Raft snapshot holds the cluster's secrets (join tokens).
+        crate::pki::replace_file_with(&self.path, true, |file| {
             let mut out = std::io::BufWriter::new(file);
             bincode::serialize_into(&mut out, snapshot).map_err(std::io::Error::other)?;
             std::io::Write::flush(&mut out)
@@ -126,8 +117,8 @@ impl StateMachine {
     }
 
     /// The kept snapshot's metadata, read without its data.
-    fn read_kept_meta(&self) -> StoreResult<Option<SnapshotMeta<NodeId, MemberNode>>> {
-        match std::fs::File::open(&self.snapshot_path) {
+    fn read_meta(&self) -> StoreResult<Option<SnapshotMeta<NodeId, MemberNode>>> {
+        match std::fs::File::open(&self.path) {
             Ok(file) => {
                 let header: StoredSnapshotMeta =
                     bincode::deserialize_from(std::io::BufReader::new(file)).map_err(read_error)?;
@@ -138,12 +129,42 @@ impl StateMachine {
         }
     }
 
-    fn load_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
-        match std::fs::read(&self.snapshot_path) {
+    fn load(&self) -> StoreResult<Option<StoredSnapshot>> {
+        match std::fs::read(&self.path) {
             Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(read_error)?)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(read_error(error)),
         }
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Arc<Store>,
+    snapshot_file: SnapshotFile,
+    /// The position as the last apply left it, so that an apply needs no read of the store
+    /// (which would commit the store's open batch every time). `None`: read it from the store.
+    position: Option<Position>,
+}
+
+impl StateMachine {
+    pub fn new(store: Arc<Store>, snapshot_path: PathBuf) -> Self {
+        StateMachine {
+            store,
+            snapshot_file: SnapshotFile {
+                path: snapshot_path,
+                kept: Arc::new(Mutex::new(KeptSnapshot::Unread)),
+            },
+            position: None,
+        }
+    }
+
+    /// [`SnapshotFile::save`] off the async workers; gives the snapshot back.
+    async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StoreResult<StoredSnapshot> {
+        let file = self.snapshot_file.clone();
+        tokio::task::spawn_blocking(move || file.save(&snapshot).map(|_| snapshot))
+            .await
+            .map_err(snapshot_error)?
     }
 }
 
@@ -178,7 +199,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         // Not saved when a newer snapshot was installed meanwhile; openraft then drops this one
         // too, as older than the snapshot it already has.
-        self.save_snapshot(&stored)?;
+        let stored = self.save_snapshot(stored).await?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -267,15 +288,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(snapshot_error)?
             .map_err(snapshot_error)?;
-        self.save_snapshot(&StoredSnapshot {
+        self.save_snapshot(StoredSnapshot {
             meta: meta.clone(),
             data,
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.load_snapshot()?.map(|stored| Snapshot {
+        let file = self.snapshot_file.clone();
+        let stored = tokio::task::spawn_blocking(move || file.load())
+            .await
+            .map_err(read_error)??;
+        Ok(stored.map(|stored| Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
@@ -375,7 +401,11 @@ mod tests {
     }
 
     fn kept_index(machine: &StateMachine) -> Option<u64> {
-        let meta = machine.read_kept_meta().unwrap().expect("a kept snapshot");
+        let meta = machine
+            .snapshot_file
+            .read_meta()
+            .unwrap()
+            .expect("a kept snapshot");
         meta.last_log_id.map(|log_id| log_id.index)
     }
 
@@ -400,8 +430,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(kept_index(&follower), Some(10));
+        let mode = std::fs::metadata(&follower.snapshot_file.path)
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "the snapshot holds the join tokens"
+        );
         // The build that read the store before the install finishes after it.
-        assert!(!builder.save_snapshot(&older).unwrap());
+        assert!(!builder.snapshot_file.save(&older).unwrap());
         assert_eq!(kept_index(&follower), Some(10));
         let current = follower.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(10));
@@ -410,7 +448,7 @@ mod tests {
         let store = follower.store.clone();
         drop((follower, builder));
         let restarted = StateMachine::new(store, follower_dir.path().join("snapshot.bin"));
-        assert!(!restarted.save_snapshot(&older).unwrap());
+        assert!(!restarted.snapshot_file.save(&older).unwrap());
         assert_eq!(kept_index(&restarted), Some(10));
     }
 
@@ -432,7 +470,7 @@ mod tests {
         std::thread::scope(|scope| {
             for save in &saves {
                 let saver = machine.clone();
-                scope.spawn(move || saver.save_snapshot(save).unwrap());
+                scope.spawn(move || saver.snapshot_file.save(save).unwrap());
             }
         });
         assert_eq!(kept_index(&machine), Some(11));

@@ -393,7 +393,12 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         shutdown.requested().await;
         let _ = stop.send(true);
     };
-    tokio::pin!(clients, peers);
+    // In a task of its own: it wakes at every metrics update, which must not poll the listeners.
+    let consensus_stopped = {
+        let consensus = consensus.clone();
+        tokio::spawn(async move { consensus.stopped().await })
+    };
+    tokio::pin!(clients, peers, consensus_stopped);
     // A listener that fails, or consensus stopping on an error, ends the member too: it must not
     // linger half-serving.
     let result = tokio::select! {
@@ -411,9 +416,12 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
         }
         result = &mut clients => result.map_err(Into::into),
         result = &mut peers => result.map_err(Into::into),
-        reason = consensus.stopped() => Err(ServerError::ConsensusStopped(reason)),
+        reason = &mut consensus_stopped => Err(ServerError::ConsensusStopped(
+            reason.unwrap_or_else(|panic| panic.to_string()),
+        )),
     };
     tracing::info!("stopped serving; stopping consensus");
+    consensus_stopped.abort();
     promoter.abort();
     heartbeats.abort();
     expiry.abort();
