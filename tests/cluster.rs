@@ -1023,7 +1023,7 @@ async fn a_follower_restarted_after_the_log_was_compacted_catches_up_from_a_snap
                 .expect("delete");
         }
     }
-    let snapshot = cluster.member(leader).data_dir().join("state/snapshot.bin");
+    let snapshot = cluster.member(leader).kept_snapshot();
     assert!(
         snapshot.exists(),
         "--snapshot-count 20 made no snapshot on the leader ({})",

@@ -145,7 +145,7 @@ async fn acknowledged_batched_puts_survive_kill_9_between_snapshots() {
         WRITERS,
     )
     .await;
-    let snapshot = cluster.member(0).data_dir().join("state/snapshot.bin");
+    let snapshot = cluster.member(0).kept_snapshot();
     assert!(
         snapshot.exists(),
         "no snapshot was taken ({}): this test no longer tests what it claims",
@@ -261,11 +261,12 @@ async fn a_member_whose_consensus_stops_at_a_storage_error_exits_and_a_restart_r
         let response = client.put(key.as_str(), "v", None).await.unwrap();
         acknowledged.push((key, response.header().unwrap().revision()));
     }
-    // A later snapshot cannot be saved: a directory takes its pending file's name.
+    // A later snapshot cannot be kept: a directory takes the name its record is written under
+    // before it replaces `current`.
     let blocker = cluster
         .member(0)
-        .data_dir()
-        .join("state/snapshot.bin.pending");
+        .kept_snapshot()
+        .with_file_name("current.pending");
     std::fs::create_dir(&blocker).expect("the blocking directory");
     let writes = async {
         for round in 0..100 {

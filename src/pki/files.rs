@@ -19,31 +19,41 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Creates `path` (failing if it exists; 0600 when `private`, as [`write_private_file`]), lets
 /// `write` fill it, and fsyncs it. On failure the partial file is removed.
-fn write_new_file(
+pub fn write_new_file(
     path: &Path,
     private: bool,
     write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    if private {
-        options.mode(PRIVATE_MODE);
-    }
-    let mut file = options.open(path)?;
-    // The umask may have taken bits off the mode asked for; a private file gets exactly 0600.
-    let mode_set = if private {
-        file.set_permissions(Permissions::from_mode(PRIVATE_MODE))
+    let mut file = if private {
+        create_private_file(path)?
     } else {
-        Ok(())
+        OpenOptions::new().write(true).create_new(true).open(path)?
     };
-    let written = mode_set
-        .and_then(|()| write(&mut file))
-        .and_then(|()| file.sync_all());
+    let written = write(&mut file).and_then(|()| file.sync_all());
     if written.is_err() {
         drop(file);
         let _ = std::fs::remove_file(path);
     }
     written
+}
+
+/// Creates `path` (failing if it exists), open for reading and writing, readable only by its
+/// owner: created with mode 0600 (the umask can only narrow that, never widen it), so it is never
+/// readable by others, even briefly; the mode is then set to exactly 0600 in case the umask took
+/// away the owner's bits. The caller fsyncs it and the directory.
+pub fn create_private_file(path: &Path) -> io::Result<std::fs::File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_MODE)
+        .open(path)?;
+    if let Err(error) = file.set_permissions(Permissions::from_mode(PRIVATE_MODE)) {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(error);
+    }
+    Ok(file)
 }
 
 /// Replaces `path` with `contents` atomically: written beside it (0600 when `private`, else
@@ -111,7 +121,8 @@ pub fn finish_interrupted_replace(key_path: &Path, cert_path: &Path) -> io::Resu
 }
 
 /// Where the new version of `path` is written before it replaces it.
-fn pending(path: &Path) -> std::path::PathBuf {
+/// Where [`replace_file`] writes `path`'s next contents before renaming them into place.
+pub fn pending(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".pending");
     path.with_file_name(name)

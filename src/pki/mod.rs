@@ -43,8 +43,8 @@ use std::time::Duration;
 pub use authority::Authority;
 pub use ca::{certificate_request, ClusterCa, Successor, CLOCK_SKEW};
 pub use files::{
-    finish_interrupted_replace, replace_file, replace_file_with, replace_key_pair, sync_parent,
-    write_private_file,
+    create_private_file, finish_interrupted_replace, pending, replace_file, replace_file_with,
+    replace_key_pair, sync_parent, write_new_file, write_private_file,
 };
 pub use identity::{identity_of, PeerIdentity, Role};
 pub use pem::{certs_from_pem, der_to_pem, first_cert_der};

@@ -25,12 +25,12 @@ pub mod log_store;
 pub mod network;
 pub mod peer_service;
 mod read_index;
+mod snapshot_files;
 pub mod state_machine;
 #[cfg(test)]
 mod storage_suite;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,6 +122,8 @@ openraft::declare_raft_types!(
         R = Reply,
         NodeId = NodeId,
         Node = MemberNode,
+        // The data file itself (`state_machine`): a snapshot is never held in memory whole.
+        SnapshotData = tokio::fs::File,
 );
 
 /// How long a client request may wait for consensus before answering `request timed out`.
@@ -201,7 +203,8 @@ impl Consensus {
         id: NodeId,
         store: Arc<Store>,
         log: log_store::LogStore,
-        snapshot_path: std::path::PathBuf,
+        snapshot_dir: std::path::PathBuf,
+        legacy_snapshot: &std::path::Path,
         tls: PeerTls,
         timings: &RaftTimings,
     ) -> Result<Self, ProposeError> {
@@ -221,7 +224,9 @@ impl Consensus {
         }
         .validate()
         .map_err(|e| ProposeError::Peer(e.to_string()))?;
-        let state_machine = state_machine::StateMachine::new(store.clone(), snapshot_path);
+        let state_machine =
+            state_machine::StateMachine::new(store.clone(), snapshot_dir, legacy_snapshot)
+                .map_err(|e| ProposeError::Peer(format!("snapshot directory: {e}")))?;
         let network = PeerNetwork { tls: tls.clone() };
         let raft = Raft::new(id, Arc::new(config), network, log, state_machine)
             .await

@@ -1,18 +1,17 @@
 //! The Raft state machine: the MVCC store, plus the last applied log id and membership, which
 //! are stored in the same redb transaction as the data they describe (the store's `consensus`
-//! position). Snapshots are a consistent read of the whole store.
+//! position). Snapshots are a consistent read of the whole store, kept on disk by
+//! [`SnapshotFiles`] and handed to openraft as open files.
 //!
 //! Invariants:
 //! - `applied_state` after a restart is exactly the position of the last committed apply;
 //! - a snapshot's metadata is the position recorded *inside* the snapshot, so they agree;
-//! - the newest snapshot is kept on disk (`DATA/state/snapshot.*`) so a restarted member can
-//!   still send it to a lagging follower after its log was purged;
-//! - the kept snapshot only ever moves forward: a snapshot built from an older state (a builder
-//!   runs beside the worker that installs the leader's snapshots) never replaces a newer one.
+//! - the newest snapshot is kept on disk so a restarted member can still send it to a lagging
+//!   follower after its log was purged, and it only moves forward (`snapshot_files`).
 
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -21,6 +20,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_files::SnapshotFiles;
 use super::{MemberNode, NodeId, Reply, TypeConfig};
 use crate::mvcc::{encode_result, Store};
 
@@ -52,157 +52,80 @@ fn read_position(bytes: Option<Vec<u8>>) -> StoreResult<Position> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, MemberNode>,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
-}
-
-/// The start of a [`StoredSnapshot`]: reading it reads the metadata and not the data.
-#[derive(Deserialize)]
-struct StoredSnapshotMeta {
-    meta: SnapshotMeta<NodeId, MemberNode>,
-}
-
-/// What a state machine and its snapshot builders know of the kept snapshot file.
-enum KeptSnapshot {
-    /// Not looked at since the member started.
-    Unread,
-    /// The last log id of the snapshot in the file (`None`: no file, or an empty snapshot).
-    Covers(Option<LogId<NodeId>>),
-}
-
-/// The kept snapshot file, shared by a state machine and every snapshot builder cloned from it.
-/// openraft runs a build beside the worker that installs snapshots sent by the leader, so two
-/// saves can overlap: they take turns (both write the same pending file, which each would delete
-/// under the other), and a build that finishes after a newer snapshot was installed leaves the
-/// newer one in place (the log is already purged up to it).
-#[derive(Clone)]
-struct SnapshotFile {
-    path: PathBuf,
-    kept: Arc<Mutex<KeptSnapshot>>,
-}
-
-impl SnapshotFile {
-    /// Replaces the kept snapshot, durably, unless the kept one is at least as new (then
-    /// returns false): the log is purged behind the snapshot next, so after a crash the file
-    /// must hold this snapshot, not the one before. Written as it is serialized (a whole second
-    /// copy in memory would double the peak of a large store's snapshot). Blocking: file I/O
-    /// and fsyncs, and a wait for an overlapping save.
-    fn save(&self, snapshot: &StoredSnapshot) -> StoreResult<bool> {
-        let mut kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let kept_covers = match *kept {
-            KeptSnapshot::Covers(last_log_id) => last_log_id,
-            KeptSnapshot::Unread => self.read_meta()?.and_then(|meta| meta.last_log_id),
-        };
-        // An equal one holds the same state (a build can read the store just after an install
-        // restored it): either copy serves.
-        if kept_covers.is_some() && kept_covers >= snapshot.meta.last_log_id {
-            *kept = KeptSnapshot::Covers(kept_covers);
-            return Ok(false);
-        }
-        // Private: unlike a backup, a Raft snapshot holds the cluster's secrets (join tokens).
-        crate::pki::replace_file_with(&self.path, true, |file| {
-            let mut out = std::io::BufWriter::new(file);
-            bincode::serialize_into(&mut out, snapshot).map_err(std::io::Error::other)?;
-            std::io::Write::flush(&mut out)
-        })
-        .map_err(snapshot_error)?;
-        *kept = KeptSnapshot::Covers(snapshot.meta.last_log_id);
-        Ok(true)
-    }
-
-    /// The kept snapshot's metadata, read without its data.
-    fn read_meta(&self) -> StoreResult<Option<SnapshotMeta<NodeId, MemberNode>>> {
-        match std::fs::File::open(&self.path) {
-            Ok(file) => {
-                let header: StoredSnapshotMeta =
-                    bincode::deserialize_from(std::io::BufReader::new(file)).map_err(read_error)?;
-                Ok(Some(header.meta))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(read_error(error)),
-        }
-    }
-
-    fn load(&self) -> StoreResult<Option<StoredSnapshot>> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(read_error)?)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(read_error(error)),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
-    snapshot_file: SnapshotFile,
+    snapshot_files: SnapshotFiles,
+    /// The data file of the snapshot being received from the leader (the worker's state
+    /// machine only: openraft receives one at a time, and installs the last one begun).
+    receiving: Option<PathBuf>,
     /// The position as the last apply left it, so that an apply needs no read of the store
     /// (which would commit the store's open batch every time). `None`: read it from the store.
     position: Option<Position>,
 }
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>, snapshot_path: PathBuf) -> Self {
-        StateMachine {
+    /// `snapshot_dir` holds the kept snapshot; `legacy_snapshot` (earlier versions' single
+    /// file) is removed.
+    pub fn new(
+        store: Arc<Store>,
+        snapshot_dir: PathBuf,
+        legacy_snapshot: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let legacy = [
+            legacy_snapshot.to_path_buf(),
+            crate::pki::pending(legacy_snapshot),
+        ];
+        Ok(StateMachine {
             store,
-            snapshot_file: SnapshotFile {
-                path: snapshot_path,
-                kept: Arc::new(Mutex::new(KeptSnapshot::Unread)),
-            },
+            snapshot_files: SnapshotFiles::open(snapshot_dir, &legacy)?,
+            receiving: None,
             position: None,
-        }
+        })
     }
+}
 
-    /// [`SnapshotFile::save`] off the async workers; gives the snapshot back.
-    async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StoreResult<StoredSnapshot> {
-        let file = self.snapshot_file.clone();
-        tokio::task::spawn_blocking(move || file.save(&snapshot).map(|_| snapshot))
-            .await
-            .map_err(snapshot_error)?
-    }
+/// Snapshot data as openraft takes it: the data file, open, at its start.
+fn snapshot_data(file: std::fs::File) -> Box<tokio::fs::File> {
+    Box::new(tokio::fs::File::from_std(file))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
         let store = self.store.clone();
-        let (data, position) = tokio::task::spawn_blocking(move || {
-            let mut data = Vec::new();
-            let position = store.write_snapshot(&mut data)?;
-            Ok::<_, crate::mvcc::SnapshotError>((data, position))
-        })
-        .await
-        .map_err(snapshot_error)?
-        .map_err(snapshot_error)?;
-        let position = read_position(position)?;
-        let snapshot_id = match &position.last_applied {
-            Some(log_id) => format!(
-                "{}-{}-{}",
-                log_id.leader_id,
-                log_id.index,
-                rand::random::<u32>()
-            ),
-            None => format!("empty-{}", rand::random::<u32>()),
-        };
-        let stored = StoredSnapshot {
-            meta: SnapshotMeta {
+        let files = self.snapshot_files.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let path = files.new_data_path();
+            let position = SnapshotFiles::write_data(&path, |out| {
+                store.write_snapshot(out).map_err(std::io::Error::other)
+            })
+            .map_err(snapshot_error)?;
+            let position = read_position(position)?;
+            let snapshot_id = match &position.last_applied {
+                Some(log_id) => format!(
+                    "{}-{}-{}",
+                    log_id.leader_id,
+                    log_id.index,
+                    rand::random::<u32>()
+                ),
+                None => format!("empty-{}", rand::random::<u32>()),
+            };
+            let meta = SnapshotMeta {
                 last_log_id: position.last_applied,
                 last_membership: position.membership,
                 snapshot_id,
-            },
-            data,
-        };
-        // Not saved when a newer snapshot was installed meanwhile; openraft then drops this one
-        // too, as older than the snapshot it already has.
-        let stored = self.save_snapshot(stored).await?;
+            };
+            // Open before it may be dropped: not kept when a newer snapshot was installed
+            // meanwhile (openraft then drops this one too, as older than the one it has).
+            let data = std::fs::File::open(&path).map_err(snapshot_error)?;
+            files.keep(&meta, &path).map_err(snapshot_error)?;
+            Ok::<_, StorageError<NodeId>>((meta, data))
+        })
+        .await
+        .map_err(snapshot_error)??;
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: snapshot_data(data),
         })
     }
 }
@@ -271,39 +194,71 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<tokio::fs::File>> {
+        let path = self.snapshot_files.new_data_path();
+        let file = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || crate::pki::create_private_file(&path)
+        })
+        .await
+        .map_err(snapshot_error)?
+        .map_err(snapshot_error)?;
+        // A transfer begun before and never finished leaves its file for the next start.
+        self.receiving = Some(path);
+        Ok(snapshot_data(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, MemberNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> StoreResult<()> {
         self.position = None;
-        let data = snapshot.into_inner();
+        let mut received = snapshot.into_std().await;
+        let path = match self.receiving.take() {
+            Some(path) => path,
+            // Not from `begin_receiving_snapshot` (openraft's own receiving always is): kept
+            // as a copy.
+            None => {
+                let path = self.snapshot_files.new_data_path();
+                let mut source = received.try_clone().map_err(snapshot_error)?;
+                let copy = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    source.seek(SeekFrom::Start(0))?;
+                    SnapshotFiles::write_data(&copy, |out| std::io::copy(&mut source, out))
+                })
+                .await
+                .map_err(snapshot_error)?
+                .map_err(snapshot_error)?;
+                path
+            }
+        };
         let store = self.store.clone();
-        let restored = data.clone();
-        tokio::task::spawn_blocking(move || store.restore_snapshot(restored.as_slice()))
-            .await
-            .map_err(snapshot_error)?
-            .map_err(snapshot_error)?;
-        self.save_snapshot(StoredSnapshot {
-            meta: meta.clone(),
-            data,
+        let files = self.snapshot_files.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            // Durable before `current` may name it.
+            received.sync_all().map_err(snapshot_error)?;
+            received.seek(SeekFrom::Start(0)).map_err(snapshot_error)?;
+            store
+                .restore_snapshot(std::io::BufReader::new(received))
+                .map_err(snapshot_error)?;
+            files.keep(&meta, &path).map_err(snapshot_error)
         })
-        .await?;
+        .await
+        .map_err(snapshot_error)??;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let file = self.snapshot_file.clone();
-        let stored = tokio::task::spawn_blocking(move || file.load())
+        let files = self.snapshot_files.clone();
+        let current = tokio::task::spawn_blocking(move || files.open_current())
             .await
-            .map_err(read_error)??;
-        Ok(stored.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            .map_err(read_error)?
+            .map_err(read_error)?;
+        Ok(current.map(|(current, data)| Snapshot {
+            meta: current.meta,
+            snapshot: snapshot_data(data),
         }))
     }
 }
@@ -344,7 +299,7 @@ mod tests {
     async fn each_command_of_a_batched_entry_gets_its_own_result_and_revision() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("mvcc.redb")).unwrap());
-        let mut machine = StateMachine::new(store.clone(), dir.path().join("snapshot.bin"));
+        let mut machine = open_machine(dir.path(), store.clone());
         let membership = Membership::new(vec![std::collections::BTreeSet::from([1])], None);
         let replies = machine
             .apply([
@@ -375,13 +330,14 @@ mod tests {
         assert_eq!(applied.map(|id| id.index), Some(4));
     }
 
-    /// A state machine holding puts of keys `0..count`, one entry each, and its snapshot of them.
+    /// A state machine in `dir` holding puts of keys `1..=count`, one entry each, and its
+    /// snapshot of them.
     async fn machine_with_puts(
         dir: &std::path::Path,
         count: u64,
     ) -> (StateMachine, Snapshot<TypeConfig>) {
         let store = Arc::new(Store::open(&dir.join("mvcc.redb")).unwrap());
-        let mut machine = StateMachine::new(store, dir.join("snapshot.bin"));
+        let mut machine = open_machine(dir, store);
         let entries = (1..=count).map(|index| {
             entry(
                 index,
@@ -400,13 +356,86 @@ mod tests {
         (machine, snapshot)
     }
 
+    fn open_machine(dir: &std::path::Path, store: Arc<Store>) -> StateMachine {
+        StateMachine::new(store, dir.join("snapshot"), &dir.join("snapshot.bin")).unwrap()
+    }
+
     fn kept_index(machine: &StateMachine) -> Option<u64> {
-        let meta = machine
-            .snapshot_file
-            .read_meta()
+        let current = machine.snapshot_files.current().unwrap();
+        current
+            .and_then(|current| current.meta.last_log_id)
+            .map(|log_id| log_id.index)
+    }
+
+    /// The names in the snapshot directory, sorted.
+    fn snapshot_dir_names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("snapshot"))
             .unwrap()
-            .expect("a kept snapshot");
-        meta.last_log_id.map(|log_id| log_id.index)
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn read_all(mut data: Box<tokio::fs::File>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut bytes)
+            .await
+            .unwrap();
+        bytes
+    }
+
+    /// A follower receives `snapshot` as openraft's chunked transport does: into the file
+    /// `begin_receiving_snapshot` gives, then installed.
+    async fn receive(follower: &mut StateMachine, snapshot: Snapshot<TypeConfig>) {
+        let bytes = read_all(snapshot.snapshot).await;
+        let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut receiving, &bytes)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut receiving)
+            .await
+            .unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, receiving)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_goes_to_a_private_file_and_restores_the_same_store_elsewhere() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let (mut leader, built) = machine_with_puts(leader_dir.path(), 10).await;
+        assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(10));
+        assert_eq!(kept_index(&leader), Some(10));
+        // `current` and one data file, both only the member's to read (join tokens).
+        let names = snapshot_dir_names(leader_dir.path());
+        assert_eq!(names.len(), 2, "{names:?}");
+        for name in &names {
+            let path = leader_dir.path().join("snapshot").join(name);
+            let mode = std::fs::metadata(&path).unwrap().permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600,
+                "{name}"
+            );
+        }
+
+        let current = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        let follower_dir = tempfile::tempdir().unwrap();
+        let follower_store = Arc::new(Store::open(&follower_dir.path().join("mvcc.redb")).unwrap());
+        let mut follower = open_machine(follower_dir.path(), follower_store.clone());
+        receive(&mut follower, current).await;
+        assert_eq!(kept_index(&follower), Some(10));
+        let (applied, _) = follower.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(10));
+        assert_eq!(
+            follower_store.hash_kv(0).unwrap(),
+            leader.store.hash_kv(0).unwrap()
+        );
+        // Received and kept: the received file is the kept one, nothing else is left.
+        assert_eq!(snapshot_dir_names(follower_dir.path()).len(), 2);
     }
 
     /// The failure this guards against: a member cut off from the leader started building a
@@ -420,35 +449,29 @@ mod tests {
         let follower_dir = tempfile::tempdir().unwrap();
         let (mut follower, older) = machine_with_puts(follower_dir.path(), 3).await;
         let builder = follower.get_snapshot_builder().await;
-        let older = StoredSnapshot {
-            meta: older.meta,
-            data: older.snapshot.into_inner(),
-        };
+        let older_bytes = read_all(older.snapshot).await;
 
-        follower
-            .install_snapshot(&newer.meta, newer.snapshot)
-            .await
-            .unwrap();
+        receive(&mut follower, newer).await;
         assert_eq!(kept_index(&follower), Some(10));
-        let mode = std::fs::metadata(&follower.snapshot_file.path)
-            .unwrap()
-            .permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600,
-            "the snapshot holds the join tokens"
-        );
         // The build that read the store before the install finishes after it.
-        assert!(!builder.snapshot_file.save(&older).unwrap());
+        let late = builder.snapshot_files.new_data_path();
+        SnapshotFiles::write_data(&late, |out| std::io::Write::write_all(out, &older_bytes))
+            .unwrap();
+        assert!(!builder.snapshot_files.keep(&older.meta, &late).unwrap());
+        assert!(!late.exists(), "a snapshot not kept leaves no file");
         assert_eq!(kept_index(&follower), Some(10));
         let current = follower.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(10));
 
-        // After a restart too, from the file alone.
+        // After a restart too, from the files alone.
         let store = follower.store.clone();
         drop((follower, builder));
-        let restarted = StateMachine::new(store, follower_dir.path().join("snapshot.bin"));
-        assert!(!restarted.snapshot_file.save(&older).unwrap());
+        let restarted = open_machine(follower_dir.path(), store);
+        assert_eq!(kept_index(&restarted), Some(10));
+        let late = restarted.snapshot_files.new_data_path();
+        SnapshotFiles::write_data(&late, |out| std::io::Write::write_all(out, &older_bytes))
+            .unwrap();
+        assert!(!restarted.snapshot_files.keep(&older.meta, &late).unwrap());
         assert_eq!(kept_index(&restarted), Some(10));
     }
 
@@ -456,23 +479,45 @@ mod tests {
     async fn overlapping_snapshot_saves_all_succeed_and_the_newest_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (machine, snapshot) = machine_with_puts(dir.path(), 3).await;
-        let data = snapshot.snapshot.into_inner();
-        let saves: Vec<StoredSnapshot> = (4..=11)
+        let bytes = read_all(snapshot.snapshot).await;
+        let saves: Vec<(SnapshotMeta<NodeId, MemberNode>, PathBuf)> = (4..=11)
             .map(|index| {
                 let mut meta = snapshot.meta.clone();
                 meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 1), index));
-                StoredSnapshot {
-                    meta,
-                    data: data.clone(),
-                }
+                let path = machine.snapshot_files.new_data_path();
+                SnapshotFiles::write_data(&path, |out| std::io::Write::write_all(out, &bytes))
+                    .unwrap();
+                (meta, path)
             })
             .collect();
         std::thread::scope(|scope| {
-            for save in &saves {
-                let saver = machine.clone();
-                scope.spawn(move || saver.snapshot_file.save(save).unwrap());
+            for (meta, path) in &saves {
+                let files = machine.snapshot_files.clone();
+                scope.spawn(move || files.keep(meta, path).unwrap());
             }
         });
         assert_eq!(kept_index(&machine), Some(11));
+        assert_eq!(
+            snapshot_dir_names(dir.path()).len(),
+            2,
+            "only the kept data file is left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_removes_unnamed_data_files_and_the_old_single_file_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, _) = machine_with_puts(dir.path(), 3).await;
+        let kept = snapshot_dir_names(dir.path());
+        let stray = machine.snapshot_files.new_data_path();
+        std::fs::write(&stray, b"a build a crash interrupted").unwrap();
+        std::fs::write(dir.path().join("snapshot.bin"), b"an earlier version's").unwrap();
+        std::fs::write(dir.path().join("snapshot.bin.pending"), b"half").unwrap();
+
+        let restarted = open_machine(dir.path(), machine.store.clone());
+        assert_eq!(snapshot_dir_names(dir.path()), kept);
+        assert!(!dir.path().join("snapshot.bin").exists());
+        assert!(!dir.path().join("snapshot.bin.pending").exists());
+        assert_eq!(kept_index(&restarted), Some(3));
     }
 }

@@ -38,7 +38,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for OnD
         let store = Arc::new(Store::open(&dir.path().join("mvcc.redb")).expect("the store opens"));
         let log = LogStore::open(&dir.path().join("log"), &dir.path().join("log.redb"))
             .expect("the log opens");
-        let machine = StateMachine::new(store, dir.path().join("snapshot.bin"));
+        let machine = StateMachine::new(
+            store,
+            dir.path().join("snapshot"),
+            &dir.path().join("snapshot.bin"),
+        )
+        .expect("the snapshot directory opens");
         Ok((dir, log, machine))
     }
 }

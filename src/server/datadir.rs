@@ -7,7 +7,7 @@
 //! DIR/pki/               ca.crt, ca.key (0600), member.crt, member.key (0600)
 //! DIR/raft/log/          the Raft log and vote (a write-ahead log of chunk files)
 //! DIR/state/mvcc.redb    the MVCC store (the state machine)
-//! DIR/state/snapshot.bin the newest Raft snapshot
+//! DIR/state/snapshot/   the newest Raft snapshot: `current` names its data file
 //! DIR/admin/             ca.crt, client.crt, client.key (0600): the admin identity
 //! ```
 
@@ -58,7 +58,11 @@ impl DataDir {
     pub fn mvcc_db(&self) -> PathBuf {
         self.state().join("mvcc.redb")
     }
-    pub fn snapshot(&self) -> PathBuf {
+    pub fn snapshots(&self) -> PathBuf {
+        self.state().join("snapshot")
+    }
+    /// Where versions before `state/snapshot/` kept the Raft snapshot (removed at start).
+    pub fn legacy_snapshot(&self) -> PathBuf {
         self.state().join("snapshot.bin")
     }
     pub fn raft(&self) -> PathBuf {

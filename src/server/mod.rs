@@ -237,7 +237,8 @@ pub async fn serve(dir: &Path, options: &ServeOptions) -> Result<(), ServerError
             member_id,
             store.clone(),
             log,
-            data.snapshot(),
+            data.snapshots(),
+            &data.legacy_snapshot(),
             peer_tls,
             &options.timings,
         )

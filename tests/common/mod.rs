@@ -755,6 +755,10 @@ impl Member {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The file that names the member's kept Raft snapshot (absent until it takes one).
+    pub fn kept_snapshot(&self) -> PathBuf {
+        self.data_dir.join("state/snapshot/current")
+    }
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
