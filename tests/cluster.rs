@@ -1012,10 +1012,12 @@ async fn a_follower_restarted_after_the_log_was_compacted_catches_up_from_a_snap
     put(&mut client, "before", "the crash").await;
 
     cluster.kill9(follower);
-    // Well past several snapshots: the entries the follower misses are purged from the log.
+    // Well past several snapshots: the entries the follower misses are purged from the log. The
+    // values make the snapshot larger than openraft's 3 MiB chunks, so it is sent in several.
+    let padding = "x".repeat(32 * 1024);
     for round in 0..150 {
         let key = format!("key-{:02}", round % 40);
-        put(&mut client, &key, &format!("round {round}")).await;
+        put(&mut client, &key, &format!("round {round} {padding}")).await;
         if round % 10 == 9 {
             client
                 .delete(format!("key-{:02}", (round + 1) % 40), None)
@@ -1028,6 +1030,16 @@ async fn a_follower_restarted_after_the_log_was_compacted_catches_up_from_a_snap
         snapshot.exists(),
         "--snapshot-count 20 made no snapshot on the leader ({})",
         snapshot.display()
+    );
+    let largest_data_file = std::fs::read_dir(snapshot.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        largest_data_file > 3 * 1024 * 1024,
+        "a snapshot of {largest_data_file} bytes goes in one chunk: this test no longer tests \
+         what it claims"
     );
 
     // openraft says at info level when a follower installs a snapshot from the leader.

@@ -120,7 +120,6 @@ pub fn finish_interrupted_replace(key_path: &Path, cert_path: &Path) -> io::Resu
     sync_parent(cert_path)
 }
 
-/// Where the new version of `path` is written before it replaces it.
 /// Where [`replace_file`] writes `path`'s next contents before renaming them into place.
 pub fn pending(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

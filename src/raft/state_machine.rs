@@ -56,8 +56,8 @@ fn read_position(bytes: Option<Vec<u8>>) -> StoreResult<Position> {
 pub struct StateMachine {
     store: Arc<Store>,
     snapshot_files: SnapshotFiles,
-    /// The data file of the snapshot being received from the leader (the worker's state
-    /// machine only: openraft receives one at a time, and installs the last one begun).
+    /// The data file the last `begin_receiving_snapshot` made, until it is installed or the next
+    /// one begins (the worker's state machine only).
     receiving: Option<PathBuf>,
     /// The position as the last apply left it, so that an apply needs no read of the store
     /// (which would commit the store's open batch every time). `None`: read it from the store.
@@ -195,15 +195,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<tokio::fs::File>> {
-        let path = self.snapshot_files.new_data_path();
-        let file = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || crate::pki::create_private_file(&path)
+        let files = self.snapshot_files.clone();
+        // A transfer begun before and not installed (abandoned, or skipped by openraft as not
+        // newer) leaves a file as large as the store: dropped now. An install still reading it
+        // holds it open, and keeps a copy (`SnapshotFiles::adopt_received`).
+        let abandoned = self.receiving.take();
+        let (path, file) = tokio::task::spawn_blocking(move || {
+            if let Some(abandoned) = abandoned {
+                files.remove_data(&abandoned)?;
+            }
+            let path = files.new_data_path();
+            let file = crate::pki::create_private_file(&path)?;
+            Ok::<_, std::io::Error>((path, file))
         })
         .await
         .map_err(snapshot_error)?
         .map_err(snapshot_error)?;
-        // A transfer begun before and never finished leaves its file for the next start.
         self.receiving = Some(path);
         Ok(snapshot_data(file))
     }
@@ -215,30 +222,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> StoreResult<()> {
         self.position = None;
         let mut received = snapshot.into_std().await;
-        let path = match self.receiving.take() {
-            Some(path) => path,
-            // Not from `begin_receiving_snapshot` (openraft's own receiving always is): kept
-            // as a copy.
-            None => {
-                let path = self.snapshot_files.new_data_path();
-                let mut source = received.try_clone().map_err(snapshot_error)?;
-                let copy = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    source.seek(SeekFrom::Start(0))?;
-                    SnapshotFiles::write_data(&copy, |out| std::io::copy(&mut source, out))
-                })
-                .await
-                .map_err(snapshot_error)?
-                .map_err(snapshot_error)?;
-                path
-            }
-        };
+        // Usually the file the last `begin_receiving_snapshot` made, but not always: openraft
+        // can begin receiving another snapshot (a new leader's) before it installs this one.
+        let begun = self.receiving.take();
         let store = self.store.clone();
         let files = self.snapshot_files.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
-            // Durable before `current` may name it.
-            received.sync_all().map_err(snapshot_error)?;
+            let path = files
+                .adopt_received(&mut received, begun)
+                .map_err(snapshot_error)?;
             received.seek(SeekFrom::Start(0)).map_err(snapshot_error)?;
             store
                 .restore_snapshot(std::io::BufReader::new(received))
@@ -361,7 +354,7 @@ mod tests {
     }
 
     fn kept_index(machine: &StateMachine) -> Option<u64> {
-        let current = machine.snapshot_files.current().unwrap();
+        let current = machine.snapshot_files.current();
         current
             .and_then(|current| current.meta.last_log_id)
             .map(|log_id| log_id.index)
@@ -436,6 +429,86 @@ mod tests {
         );
         // Received and kept: the received file is the kept one, nothing else is left.
         assert_eq!(snapshot_dir_names(follower_dir.path()).len(), 2);
+        let sent = read_all(
+            leader
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .unwrap()
+                .snapshot,
+        )
+        .await;
+        let kept = read_all(
+            follower
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .unwrap()
+                .snapshot,
+        )
+        .await;
+        assert_eq!(kept, sent);
+    }
+
+    /// openraft can begin receiving a new leader's snapshot before it installs the one it
+    /// received last: each install must keep the data it was given, not the file begun last.
+    #[tokio::test]
+    async fn a_snapshot_installed_after_another_transfer_began_keeps_its_own_data() {
+        let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut first_leader, _) = machine_with_puts(first_dir.path(), 10).await;
+        let (mut second_leader, _) = machine_with_puts(second_dir.path(), 20).await;
+        let first = first_leader.get_current_snapshot().await.unwrap().unwrap();
+        let second = second_leader.get_current_snapshot().await.unwrap().unwrap();
+        let (first_meta, second_meta) = (first.meta.clone(), second.meta.clone());
+        let first_bytes = read_all(first.snapshot).await;
+        let second_bytes = read_all(second.snapshot).await;
+        let follower_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&follower_dir.path().join("mvcc.redb")).unwrap());
+        let mut follower = open_machine(follower_dir.path(), store);
+        let kept_bytes = |follower: &mut StateMachine| {
+            let (_, mut data) = follower.snapshot_files.open_current().unwrap().unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut data, &mut bytes).unwrap();
+            bytes
+        };
+
+        let mut receiving_first = follower.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut receiving_first, &first_bytes)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut receiving_first)
+            .await
+            .unwrap();
+        let mut receiving_second = follower.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut receiving_second, &second_bytes[..100])
+            .await
+            .unwrap();
+        follower
+            .install_snapshot(&first_meta, receiving_first)
+            .await
+            .unwrap();
+        assert_eq!(kept_index(&follower), Some(10));
+        assert_eq!(kept_bytes(&mut follower), first_bytes);
+
+        tokio::io::AsyncWriteExt::write_all(&mut receiving_second, &second_bytes[100..])
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut receiving_second)
+            .await
+            .unwrap();
+        follower
+            .install_snapshot(&second_meta, receiving_second)
+            .await
+            .unwrap();
+        assert_eq!(kept_index(&follower), Some(20));
+        assert_eq!(kept_bytes(&mut follower), second_bytes);
+        let (applied, _) = follower.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(20));
+        assert_eq!(
+            snapshot_dir_names(follower_dir.path()).len(),
+            2,
+            "no file left over"
+        );
     }
 
     /// The failure this guards against: a member cut off from the leader started building a
@@ -514,10 +587,43 @@ mod tests {
         std::fs::write(dir.path().join("snapshot.bin"), b"an earlier version's").unwrap();
         std::fs::write(dir.path().join("snapshot.bin.pending"), b"half").unwrap();
 
+        std::fs::write(dir.path().join("snapshot/current.pending"), b"half").unwrap();
+        std::fs::create_dir(dir.path().join("snapshot/not-ours")).unwrap();
+
+        // An earlier version's snapshot is there: written after `current`, which is older.
         let restarted = open_machine(dir.path(), machine.store.clone());
-        assert_eq!(snapshot_dir_names(dir.path()), kept);
+        let mut left = kept.clone();
+        left.push("not-ours".to_string());
+        left.retain(|name| name != "current" && !name.ends_with(".data"));
+        assert_eq!(snapshot_dir_names(dir.path()), left);
         assert!(!dir.path().join("snapshot.bin").exists());
         assert!(!dir.path().join("snapshot.bin.pending").exists());
-        assert_eq!(kept_index(&restarted), Some(3));
+        assert_eq!(kept_index(&restarted), None);
+
+        // Without it, `current` and its data file stay.
+        let built = restarted
+            .clone()
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(3));
+        let kept = snapshot_dir_names(dir.path());
+        let again = open_machine(dir.path(), machine.store.clone());
+        assert_eq!(snapshot_dir_names(dir.path()), kept);
+        assert_eq!(kept_index(&again), Some(3));
+
+        // A `current` naming a data file that is gone is no snapshot.
+        let data_file = again.snapshot_files.current().unwrap().data_file;
+        std::fs::remove_file(dir.path().join("snapshot").join(data_file)).unwrap();
+        let without_data = open_machine(dir.path(), machine.store.clone());
+        assert_eq!(kept_index(&without_data), None);
+        assert!(without_data
+            .clone()
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -7,7 +7,7 @@
 //! DIR/pki/               ca.crt, ca.key (0600), member.crt, member.key (0600)
 //! DIR/raft/log/          the Raft log and vote (a write-ahead log of chunk files)
 //! DIR/state/mvcc.redb    the MVCC store (the state machine)
-//! DIR/state/snapshot/   the newest Raft snapshot: `current` names its data file
+//! DIR/state/snapshot/    the newest Raft snapshot: `current` names its data file
 //! DIR/admin/             ca.crt, client.crt, client.key (0600): the admin identity
 //! ```
 
