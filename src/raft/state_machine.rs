@@ -378,21 +378,40 @@ mod tests {
         bytes
     }
 
+    /// The kept snapshot's data, as `get_current_snapshot` serves it.
+    async fn kept_bytes(machine: &mut StateMachine) -> Vec<u8> {
+        let current = machine.get_current_snapshot().await.unwrap();
+        read_all(current.expect("a kept snapshot").snapshot).await
+    }
+
+    /// Writes `bytes` into a file being received, then, when `last`, ends it as openraft's
+    /// chunked transport does.
+    async fn write_chunk(receiving: &mut tokio::fs::File, bytes: &[u8], last: bool) {
+        tokio::io::AsyncWriteExt::write_all(receiving, bytes)
+            .await
+            .unwrap();
+        if last {
+            tokio::io::AsyncWriteExt::shutdown(receiving).await.unwrap();
+        }
+    }
+
     /// A follower receives `snapshot` as openraft's chunked transport does: into the file
     /// `begin_receiving_snapshot` gives, then installed.
     async fn receive(follower: &mut StateMachine, snapshot: Snapshot<TypeConfig>) {
         let bytes = read_all(snapshot.snapshot).await;
         let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut receiving, &bytes)
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut receiving)
-            .await
-            .unwrap();
+        write_chunk(&mut receiving, &bytes, true).await;
         follower
             .install_snapshot(&snapshot.meta, receiving)
             .await
             .unwrap();
+    }
+
+    /// Only `current` and the one data file it names are left in the snapshot directory.
+    #[track_caller]
+    fn assert_only_the_kept_files(dir: &std::path::Path) {
+        let names = snapshot_dir_names(dir);
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[tokio::test]
@@ -402,9 +421,8 @@ mod tests {
         assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(10));
         assert_eq!(kept_index(&leader), Some(10));
         // `current` and one data file, both only the member's to read (join tokens).
-        let names = snapshot_dir_names(leader_dir.path());
-        assert_eq!(names.len(), 2, "{names:?}");
-        for name in &names {
+        assert_only_the_kept_files(leader_dir.path());
+        for name in &snapshot_dir_names(leader_dir.path()) {
             let path = leader_dir.path().join("snapshot").join(name);
             let mode = std::fs::metadata(&path).unwrap().permissions();
             assert_eq!(
@@ -428,26 +446,11 @@ mod tests {
             leader.store.hash_kv(0).unwrap()
         );
         // Received and kept: the received file is the kept one, nothing else is left.
-        assert_eq!(snapshot_dir_names(follower_dir.path()).len(), 2);
-        let sent = read_all(
-            leader
-                .get_current_snapshot()
-                .await
-                .unwrap()
-                .unwrap()
-                .snapshot,
-        )
-        .await;
-        let kept = read_all(
-            follower
-                .get_current_snapshot()
-                .await
-                .unwrap()
-                .unwrap()
-                .snapshot,
-        )
-        .await;
-        assert_eq!(kept, sent);
+        assert_only_the_kept_files(follower_dir.path());
+        assert_eq!(
+            kept_bytes(&mut follower).await,
+            kept_bytes(&mut leader).await
+        );
     }
 
     /// openraft can begin receiving a new leader's snapshot before it installs the one it
@@ -465,50 +468,28 @@ mod tests {
         let follower_dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&follower_dir.path().join("mvcc.redb")).unwrap());
         let mut follower = open_machine(follower_dir.path(), store);
-        let kept_bytes = |follower: &mut StateMachine| {
-            let (_, mut data) = follower.snapshot_files.open_current().unwrap().unwrap();
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut data, &mut bytes).unwrap();
-            bytes
-        };
 
         let mut receiving_first = follower.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut receiving_first, &first_bytes)
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut receiving_first)
-            .await
-            .unwrap();
+        write_chunk(&mut receiving_first, &first_bytes, true).await;
         let mut receiving_second = follower.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut receiving_second, &second_bytes[..100])
-            .await
-            .unwrap();
+        write_chunk(&mut receiving_second, &second_bytes[..100], false).await;
         follower
             .install_snapshot(&first_meta, receiving_first)
             .await
             .unwrap();
         assert_eq!(kept_index(&follower), Some(10));
-        assert_eq!(kept_bytes(&mut follower), first_bytes);
+        assert_eq!(kept_bytes(&mut follower).await, first_bytes);
 
-        tokio::io::AsyncWriteExt::write_all(&mut receiving_second, &second_bytes[100..])
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut receiving_second)
-            .await
-            .unwrap();
+        write_chunk(&mut receiving_second, &second_bytes[100..], true).await;
         follower
             .install_snapshot(&second_meta, receiving_second)
             .await
             .unwrap();
         assert_eq!(kept_index(&follower), Some(20));
-        assert_eq!(kept_bytes(&mut follower), second_bytes);
+        assert_eq!(kept_bytes(&mut follower).await, second_bytes);
         let (applied, _) = follower.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(20));
-        assert_eq!(
-            snapshot_dir_names(follower_dir.path()).len(),
-            2,
-            "no file left over"
-        );
+        assert_only_the_kept_files(follower_dir.path());
     }
 
     /// The failure this guards against: a member cut off from the leader started building a
@@ -570,11 +551,7 @@ mod tests {
             }
         });
         assert_eq!(kept_index(&machine), Some(11));
-        assert_eq!(
-            snapshot_dir_names(dir.path()).len(),
-            2,
-            "only the kept data file is left"
-        );
+        assert_only_the_kept_files(dir.path());
     }
 
     #[tokio::test]
