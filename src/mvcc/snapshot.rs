@@ -182,15 +182,15 @@ impl Store {
         Ok(position)
     }
 
-    /// Replaces the whole store with the snapshot read from `input`, after checking it whole.
-    pub fn restore_snapshot(&self, mut input: impl Read) -> Result<(), SnapshotError> {
-        let mut bytes = Vec::new();
-        input.read_to_end(&mut bytes)?;
-        let (version, records) = parse(&bytes)?;
+    /// Replaces the whole store with the snapshot read from `input`; a snapshot that is not whole
+    /// (bad magic, framing or checksum) changes nothing.
+    pub fn restore_snapshot(&self, input: impl Read) -> Result<(), SnapshotError> {
+        // Read as it is restored, not into memory first (a store can be gigabytes): the records
+        // go into one write transaction, committed only once the checksum at the end matched.
+        let mut records = RecordReader::open(input)?;
+        let version = records.version;
 
         let mut writer = self.settled_writer()?;
-        // A defragmentation copying the old contents must not switch to them afterwards.
-        writer.journal.interrupt();
         let txn = self.db().begin_write().map_err(MvccError::from)?;
         {
             txn.delete_table(LATEST).map_err(MvccError::from)?;
@@ -209,7 +209,8 @@ impl Store {
             let mut settings = txn.open_table(SETTINGS).map_err(MvccError::from)?;
             let mut leases = txn.open_table(LEASES).map_err(MvccError::from)?;
             let mut lease_keys = txn.open_table(LEASE_KEYS).map_err(MvccError::from)?;
-            for (table, key, value) in records {
+            while let Some((table, key, value)) = records.next_record()? {
+                let (key, value) = (key.as_slice(), value.as_slice());
                 let corrupt = |what: &str| SnapshotError::Corrupt(what.to_string());
                 match table {
                     TABLE_LATEST => {
@@ -268,6 +269,9 @@ impl Store {
             meta.insert(super::META_STORE_FORMAT, super::STORE_FORMAT)
                 .map_err(MvccError::from)?;
         }
+        // A defragmentation copying the old contents must not switch to them afterwards (it
+        // switches under the writer lock, held since before the transaction began).
+        writer.journal.interrupt();
         txn.commit().map_err(MvccError::from)?;
         self.settings_changed();
         // A read under the writer lock: it must not need the lock (no batch is open: the lock
@@ -279,7 +283,9 @@ impl Store {
 
 /// Checks a snapshot whole (magic, checksum, record framing) without restoring it.
 pub fn verify_snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
-    parse(bytes).map(|_| ())
+    let mut records = RecordReader::open(bytes)?;
+    while records.next_record()?.is_some() {}
+    Ok(())
 }
 
 impl Store {
@@ -311,44 +317,102 @@ fn is_cluster_secret(setting: &str) -> bool {
 }
 
 /// One row of a snapshot: table tag, key, value.
-type Record<'a> = (u8, &'a [u8], &'a [u8]);
+type Record = (u8, Vec<u8>, Vec<u8>);
 
-/// Checks magic and checksum, then splits the records out; with the version's magic.
-fn parse(bytes: &[u8]) -> Result<(&[u8; 8], Vec<Record<'_>>), SnapshotError> {
-    let version = [MAGIC, MAGIC_WITH_LATEST_VALUES]
-        .into_iter()
-        .find(|magic| bytes.starts_with(*magic))
-        .ok_or(SnapshotError::BadMagic)?;
-    let body_len = bytes
-        .len()
-        .checked_sub(32)
-        .ok_or_else(|| SnapshotError::Corrupt("shorter than its checksum".into()))?;
-    let (body, checksum) = bytes.split_at(body_len);
-    if Sha256::digest(body).as_slice() != checksum {
-        return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+/// A snapshot's records, read one at a time from `input` and hashed as they are read; the
+/// checksum is checked when the end marker is reached, before the end is reported.
+struct RecordReader<R> {
+    input: R,
+    digest: Sha256,
+    version: &'static [u8; 8],
+}
+
+impl<R: Read> RecordReader<R> {
+    fn open(mut input: R) -> Result<Self, SnapshotError> {
+        let mut magic = [0; 8];
+        input
+            .read_exact(&mut magic)
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::UnexpectedEof => SnapshotError::BadMagic,
+                _ => SnapshotError::Io(error),
+            })?;
+        let version = [MAGIC, MAGIC_WITH_LATEST_VALUES]
+            .into_iter()
+            .find(|known| *known == &magic)
+            .ok_or(SnapshotError::BadMagic)?;
+        let mut digest = Sha256::new();
+        digest.update(magic);
+        Ok(RecordReader {
+            input,
+            digest,
+            version,
+        })
     }
-    let mut records = Vec::new();
-    let mut rest = &body[MAGIC.len()..];
-    let truncated = || SnapshotError::Corrupt("record runs past the end".into());
-    loop {
-        let (&table, after) = rest.split_first().ok_or_else(truncated)?;
-        if table == END {
-            if after.iter().any(|&byte| byte != 0) {
-                return Err(SnapshotError::Corrupt("data after the end marker".into()));
-            }
-            return Ok((version, records));
+
+    /// The next record (table, key, value), or `None` after the end marker once the rest of the
+    /// snapshot proved whole.
+    fn next_record(&mut self) -> Result<Option<Record>, SnapshotError> {
+        let mut table = [0];
+        self.read_hashed(&mut table)?;
+        if table[0] == END {
+            self.check_end()?;
+            return Ok(None);
         }
-        let (key, after) = take_field(after).ok_or_else(truncated)?;
-        let (value, after) = take_field(after).ok_or_else(truncated)?;
-        records.push((table, key, value));
-        rest = after;
+        let key = self.read_field()?;
+        let value = self.read_field()?;
+        Ok(Some((table[0], key, value)))
+    }
+
+    fn read_field(&mut self) -> Result<Vec<u8>, SnapshotError> {
+        let mut length = [0; 4];
+        self.read_hashed(&mut length)?;
+        let length = u32::from_be_bytes(length) as u64;
+        // Grown as it is read: a damaged length allocates no more than the snapshot holds.
+        let mut field = Vec::new();
+        (&mut self.input).take(length).read_to_end(&mut field)?;
+        if field.len() as u64 != length {
+            return Err(truncated());
+        }
+        self.digest.update(&field);
+        Ok(field)
+    }
+
+    fn read_hashed(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.input
+            .read_exact(buf)
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::UnexpectedEof => truncated(),
+                _ => SnapshotError::Io(error),
+            })?;
+        self.digest.update(&*buf);
+        Ok(())
+    }
+
+    /// After the end marker: zero padding, then the checksum of everything before it.
+    fn check_end(&mut self) -> Result<(), SnapshotError> {
+        let mut rest = Vec::new();
+        // Padding is under 512 bytes: anything much longer is not a snapshot's end.
+        (&mut self.input)
+            .take(512 + 32 + 1)
+            .read_to_end(&mut rest)?;
+        let padding_len = rest
+            .len()
+            .checked_sub(32)
+            .ok_or_else(|| SnapshotError::Corrupt("shorter than its checksum".into()))?;
+        let (padding, checksum) = rest.split_at(padding_len);
+        if padding.iter().any(|&byte| byte != 0) || padding.len() >= 512 {
+            return Err(SnapshotError::Corrupt("data after the end marker".into()));
+        }
+        self.digest.update(padding);
+        if self.digest.clone().finalize().as_slice() != checksum {
+            return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+        }
+        Ok(())
     }
 }
 
-fn take_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let field = bytes.get(4..4 + length)?;
-    Some((field, &bytes[4 + length..]))
+fn truncated() -> SnapshotError {
+    SnapshotError::Corrupt("record runs past the end".into())
 }
 
 /// `snapshot` (this version's) as the version before would have written it: `latest` rows with
@@ -358,7 +422,11 @@ pub(super) fn as_version_with_latest_values(snapshot: &[u8]) -> Vec<u8> {
     use prost::Message;
     use std::collections::HashMap;
 
-    let (_, records) = parse(snapshot).expect("a valid snapshot");
+    let mut reader = RecordReader::open(snapshot).expect("a valid snapshot");
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record().expect("a valid snapshot") {
+        records.push(record);
+    }
     let mut values = HashMap::new();
     for (table, _, value) in &records {
         if *table == TABLE_HISTORY {
@@ -370,11 +438,11 @@ pub(super) fn as_version_with_latest_values(snapshot: &[u8]) -> Vec<u8> {
     let mut out = MAGIC_WITH_LATEST_VALUES.to_vec();
     for (table, key, value) in records {
         if table == TABLE_LATEST {
-            let mut kv = decode_latest_row(key, value).unwrap();
-            kv.value = values[&(key.to_vec(), kv.mod_revision)].clone();
-            write_record(&mut out, table, key, &kv.encode_to_vec()).unwrap();
+            let mut kv = decode_latest_row(&key, &value).unwrap();
+            kv.value = values[&(key.clone(), kv.mod_revision)].clone();
+            write_record(&mut out, table, &key, &kv.encode_to_vec()).unwrap();
         } else {
-            write_record(&mut out, table, key, value).unwrap();
+            write_record(&mut out, table, &key, &value).unwrap();
         }
     }
     out.push(END);
