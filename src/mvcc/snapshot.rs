@@ -319,6 +319,10 @@ fn is_cluster_secret(setting: &str) -> bool {
 /// One row of a snapshot: table tag, key, value.
 type Record = (u8, Vec<u8>, Vec<u8>);
 
+/// No key or value is larger: requests are capped at 64 MiB (`--max-request-bytes`), so a longer
+/// field is a damaged length, refused before it is read.
+const MAX_FIELD_BYTES: u64 = 256 << 20;
+
 /// A snapshot's records, read one at a time from `input` and hashed as they are read; the
 /// checksum is checked when the end marker is reached, before the end is reported.
 struct RecordReader<R> {
@@ -350,7 +354,7 @@ impl<R: Read> RecordReader<R> {
     }
 
     /// The next record (table, key, value), or `None` after the end marker once the rest of the
-    /// snapshot proved whole.
+    /// snapshot proved whole. Not to be called again after `None` or an error.
     fn next_record(&mut self) -> Result<Option<Record>, SnapshotError> {
         let mut table = [0];
         self.read_hashed(&mut table)?;
@@ -367,6 +371,11 @@ impl<R: Read> RecordReader<R> {
         let mut length = [0; 4];
         self.read_hashed(&mut length)?;
         let length = u32::from_be_bytes(length) as u64;
+        if length > MAX_FIELD_BYTES {
+            return Err(SnapshotError::Corrupt(format!(
+                "a field of {length} bytes (at most {MAX_FIELD_BYTES})"
+            )));
+        }
         // Grown as it is read: a damaged length allocates no more than the snapshot holds.
         let mut field = Vec::new();
         (&mut self.input).take(length).read_to_end(&mut field)?;

@@ -740,21 +740,37 @@ fn a_corrupt_or_truncated_snapshot_changes_nothing() {
 
     let mut target = Fixture::new();
     target.put("mine", "kept");
-    // A flipped byte of the first record's key: every record reads, the checksum at the end
-    // tells (the restore has written them all into its transaction by then).
+    // A flipped byte of the first record's value (magic 8, tag 1, key length 4, key "a" 1, value
+    // length 4): every record reads, and only the checksum at the end tells, when the restore has
+    // written them all into its transaction.
     let mut flipped = snapshot.clone();
-    flipped[12] ^= 1;
+    flipped[18] ^= 1;
+    let refused = target
+        .store
+        .restore_snapshot(flipped.as_slice())
+        .unwrap_err();
+    assert!(refused.to_string().contains("checksum"), "{refused}");
+    // A damaged length: refused before it is read.
+    let mut long_field = snapshot.clone();
+    long_field[14] = 0xff;
+    let refused = target
+        .store
+        .restore_snapshot(long_field.as_slice())
+        .unwrap_err();
+    assert!(refused.to_string().contains("at most"), "{refused}");
     let mut longer = snapshot.clone();
     longer.extend_from_slice(&[0; 600]);
     for bad in [
         &snapshot[..snapshot.len() - 1],
-        &flipped[..],
         &longer[..],
         b"garbage".as_slice(),
     ] {
         assert!(target.store.restore_snapshot(bad).is_err());
     }
     assert_eq!(keys(&target.get("\0", "\0", 0).unwrap()), ["mine"]);
+    // And the store goes on taking writes.
+    target.put("after", "1");
+    assert_eq!(keys(&target.get("\0", "\0", 0).unwrap()), ["after", "mine"]);
 }
 
 #[test]
