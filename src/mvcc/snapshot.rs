@@ -284,6 +284,16 @@ impl Store {
 /// Checks a snapshot whole (magic, checksum, record framing) without restoring it.
 pub fn verify_snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
     let mut records = RecordReader::open(bytes)?;
+    // The whole file is at hand: its checksum first, so that damage anywhere, a cut included,
+    // is reported as a checksum mismatch (the reader would stop at the first broken record).
+    let body_len = bytes
+        .len()
+        .checked_sub(32)
+        .ok_or_else(|| SnapshotError::Corrupt("shorter than its checksum".into()))?;
+    let (body, checksum) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != checksum {
+        return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+    }
     while records.next_record()?.is_some() {}
     Ok(())
 }
