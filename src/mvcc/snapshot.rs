@@ -18,7 +18,7 @@
 //! Invariant: a restore either installs every row of a snapshot whose checksum matches, or
 //! changes nothing.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -281,19 +281,27 @@ impl Store {
     }
 }
 
-/// Checks a snapshot whole (magic, checksum, record framing) without restoring it.
-pub fn verify_snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
-    let mut records = RecordReader::open(bytes)?;
-    // The whole file is at hand: its checksum first, so that damage anywhere, a cut included,
-    // is reported as a checksum mismatch (the reader would stop at the first broken record).
-    let body_len = bytes
-        .len()
+/// Checks a snapshot whole (magic, checksum, record framing) without restoring it, reading
+/// `input` twice, never into memory whole. The checksum first, so that damage anywhere, a cut
+/// included, is reported as a checksum mismatch (the records' reader would stop at the first
+/// broken record).
+pub fn verify_snapshot(mut input: impl Read + Seek) -> Result<(), SnapshotError> {
+    let length = input.seek(SeekFrom::End(0))?;
+    input.seek(SeekFrom::Start(0))?;
+    RecordReader::open(&mut input)?;
+    let body_length = length
         .checked_sub(32)
         .ok_or_else(|| SnapshotError::Corrupt("shorter than its checksum".into()))?;
-    let (body, checksum) = bytes.split_at(body_len);
-    if Sha256::digest(body).as_slice() != checksum {
+    input.seek(SeekFrom::Start(0))?;
+    let mut digest = Sha256::new();
+    std::io::copy(&mut (&mut input).take(body_length), &mut digest)?;
+    let mut checksum = [0; 32];
+    input.read_exact(&mut checksum)?;
+    if digest.finalize().as_slice() != checksum {
         return Err(SnapshotError::Corrupt("checksum mismatch".into()));
     }
+    input.seek(SeekFrom::Start(0))?;
+    let mut records = RecordReader::open(std::io::BufReader::new(input))?;
     while records.next_record()?.is_some() {}
     Ok(())
 }

@@ -665,7 +665,7 @@ fn a_snapshot_from_before_values_left_latest_restores_the_same_store() {
     source.store.write_snapshot(&mut snapshot).unwrap();
     let old = snapshot::as_version_with_latest_values(&snapshot);
     assert!(old.starts_with(b"BWSNAP01"));
-    verify_snapshot(&old).unwrap();
+    verify_snapshot(std::io::Cursor::new(&old)).unwrap();
 
     let target = Fixture::new();
     target.store.restore_snapshot(old.as_slice()).unwrap();

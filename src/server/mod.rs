@@ -106,16 +106,23 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<DataDir, ServerError> {
 /// recovery path when a quorum is lost for good. With `keep_ca_from` (an old member's data
 /// directory) the new cluster keeps the old CA, so existing client identities keep working;
 /// otherwise it gets a new CA and admin identity. The snapshot is checked whole (checksum) before
-/// anything is written.
+/// anything is written, and read from its file as it is restored (a backup can be larger than
+/// memory).
 pub fn restore(
     snapshot: &Path,
     dir: &Path,
     options: &InitOptions,
     keep_ca_from: Option<&Path>,
 ) -> Result<DataDir, ServerError> {
-    let bytes = std::fs::read(snapshot).map_err(|e| ServerError::io(snapshot, e))?;
-    crate::mvcc::verify_snapshot(&bytes)
-        .map_err(|e| ServerError::BadSnapshot(snapshot.to_path_buf(), e.to_string()))?;
+    let open = || {
+        std::fs::File::open(snapshot)
+            .map(std::io::BufReader::new)
+            .map_err(|e| ServerError::io(snapshot, e))
+    };
+    let bad_snapshot = |e: crate::mvcc::SnapshotError| {
+        ServerError::BadSnapshot(snapshot.to_path_buf(), e.to_string())
+    };
+    crate::mvcc::verify_snapshot(open()?).map_err(bad_snapshot)?;
     let ca = match keep_ca_from {
         Some(old) => {
             let old = DataDir::new(old);
@@ -128,9 +135,7 @@ pub fn restore(
     };
     create_cluster(dir, options, ca, |data| {
         let store = Store::open(&data.mvcc_db())?;
-        store
-            .restore_snapshot(bytes.as_slice())
-            .map_err(|e| ServerError::BadSnapshot(snapshot.to_path_buf(), e.to_string()))?;
+        store.restore_snapshot(open()?).map_err(bad_snapshot)?;
         // The old cluster's Raft position, membership and join tokens do not carry over: the
         // first start bootstraps a new one-member group and issues new tokens.
         store.forget_cluster()?;
