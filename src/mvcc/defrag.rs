@@ -70,10 +70,7 @@ fn copy_path(path: &Path) -> PathBuf {
 
 /// Removes the copy a crashed defragmentation left behind.
 pub(super) fn remove_leftover(path: &Path) -> Result<(), MvccError> {
-    match std::fs::remove_file(copy_path(path)) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-        _ => Ok(()),
-    }
+    Ok(crate::pki::remove_if_present(&copy_path(path))?)
 }
 
 impl Store {

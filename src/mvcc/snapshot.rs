@@ -282,7 +282,7 @@ impl Store {
 }
 
 /// Checks a snapshot whole (magic, checksum, record framing) without restoring it, reading
-/// `input` twice, never into memory whole. The checksum first, so that damage anywhere, a cut
+/// `input` (buffered by the caller) twice, never into memory whole. The checksum first, so that damage anywhere, a cut
 /// included, is reported as a checksum mismatch (the records' reader would stop at the first
 /// broken record).
 pub fn verify_snapshot(mut input: impl Read + Seek) -> Result<(), SnapshotError> {
@@ -297,11 +297,9 @@ pub fn verify_snapshot(mut input: impl Read + Seek) -> Result<(), SnapshotError>
     std::io::copy(&mut (&mut input).take(body_length), &mut digest)?;
     let mut checksum = [0; 32];
     input.read_exact(&mut checksum)?;
-    if digest.finalize().as_slice() != checksum {
-        return Err(SnapshotError::Corrupt("checksum mismatch".into()));
-    }
+    check_checksum(digest, &checksum)?;
     input.seek(SeekFrom::Start(0))?;
-    let mut records = RecordReader::open(std::io::BufReader::new(input))?;
+    let mut records = RecordReader::open(input)?;
     while records.next_record()?.is_some() {}
     Ok(())
 }
@@ -431,11 +429,15 @@ impl<R: Read> RecordReader<R> {
             return Err(SnapshotError::Corrupt("data after the end marker".into()));
         }
         self.digest.update(padding);
-        if self.digest.clone().finalize().as_slice() != checksum {
-            return Err(SnapshotError::Corrupt("checksum mismatch".into()));
-        }
-        Ok(())
+        check_checksum(self.digest.clone(), checksum)
     }
+}
+
+fn check_checksum(digest: Sha256, checksum: &[u8]) -> Result<(), SnapshotError> {
+    if digest.finalize().as_slice() != checksum {
+        return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+    }
+    Ok(())
 }
 
 fn truncated() -> SnapshotError {

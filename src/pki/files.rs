@@ -64,7 +64,7 @@ pub fn replace_file(path: &Path, contents: &[u8], private: bool) -> io::Result<(
 
 /// [`replace_file`], with the new contents written by `write` as they are produced (a large
 /// file need not be in memory whole).
-pub fn replace_file_with(
+fn replace_file_with(
     path: &Path,
     private: bool,
     write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
@@ -111,13 +111,18 @@ pub fn finish_interrupted_replace(key_path: &Path, cert_path: &Path) -> io::Resu
         std::fs::rename(&cert_pending, cert_path)?;
     } else {
         for leftover in [key_pending, cert_pending] {
-            match std::fs::remove_file(&leftover) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            remove_if_present(&leftover)?;
         }
     }
     sync_parent(cert_path)
+}
+
+/// Removes `path`; one already gone is no error.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
 }
 
 /// Where [`replace_file`] writes `path`'s next contents before renaming them into place.
@@ -132,10 +137,7 @@ fn write_pending(
     private: bool,
     write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
 ) -> io::Result<()> {
-    match std::fs::remove_file(temporary) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    remove_if_present(temporary)?;
     write_new_file(temporary, private, write)
 }
 

@@ -10,7 +10,7 @@
 //! - `tls.rs`: [`server_tls_config`] and [`client_tls_config`], over a replaceable [`LiveTrust`].
 //! - `pem.rs`: reading certificates and keys out of PEM ([`first_cert_der`]).
 //! - `files.rs`: [`write_private_file`] for key material; [`replace_file`] and
-//!   [`replace_file_with`] (atomic, durable replacement) and [`sync_parent`], which other modules'
+//!   [`replace_file`] (atomic, durable replacement) and [`sync_parent`], which other modules'
 //!   durable writes share.
 //! - `seal.rs`: sealing a rotated CA key under the old one, for the replicated log.
 //!
@@ -43,7 +43,7 @@ use std::time::Duration;
 pub use authority::Authority;
 pub use ca::{certificate_request, ClusterCa, Successor, CLOCK_SKEW};
 pub use files::{
-    create_private_file, finish_interrupted_replace, pending, replace_file, replace_file_with,
+    create_private_file, finish_interrupted_replace, pending, remove_if_present, replace_file,
     replace_key_pair, sync_parent, write_new_file, write_private_file,
 };
 pub use identity::{identity_of, PeerIdentity, Role};

@@ -315,7 +315,7 @@ impl Consensus {
                     // again (that could apply it twice). The client learns the outcome is
                     // unknown, as etcd answers a write lost in a leader change.
                     Err(WriteFailure::Raft(RaftError::APIError(
-                        ClientWriteError::LogTruncated,
+                        ClientWriteError::LogTruncated(_),
                     ))) => return Err(ProposeError::LeaderChanged),
                     Err(WriteFailure::Raft(RaftError::APIError(
                         ClientWriteError::ChangeMembershipError(e),
@@ -481,7 +481,7 @@ impl Consensus {
             match self.raft.add_learner(id, node.clone(), false).await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(
-                    ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogTruncated,
+                    ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogTruncated(_),
                 )) => return Err(ProposeError::LeaderChanged),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
@@ -517,8 +517,10 @@ impl Consensus {
             // step.
             let forward = match result {
                 Ok(_) => return Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
-                Err(RaftError::APIError(ClientWriteError::LogTruncated)) => self.another_leader(),
+                Err(RaftError::APIError(
+                    ClientWriteError::ForwardToLeader(forward)
+                    | ClientWriteError::LogTruncated(forward),
+                )) => forward,
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     return Err(ProposeError::Membership(e.to_string()))
                 }

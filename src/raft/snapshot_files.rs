@@ -26,10 +26,9 @@ use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
 use super::{MemberNode, NodeId};
+use crate::pki::remove_if_present;
 
 const CURRENT: &str = "current";
-/// Where `crate::pki::replace_file` writes `current`'s next contents.
-const PENDING_CURRENT: &str = "current.pending";
 const DATA_SUFFIX: &str = ".data";
 
 /// The content of `current`.
@@ -66,11 +65,12 @@ impl SnapshotFiles {
             crate::pki::sync_parent(&files.dir.join(CURRENT))?;
             current = None;
         }
+        let pending_current = crate::pki::pending(&files.dir.join(CURRENT));
         for entry in std::fs::read_dir(&files.dir)? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
             let named = current.as_ref().map(|current| current.data_file.as_str()) == Some(name);
-            let leftover = name.ends_with(DATA_SUFFIX) || name == PENDING_CURRENT;
+            let leftover = name.ends_with(DATA_SUFFIX) || files.dir.join(name) == pending_current;
             if leftover && !named {
                 remove_if_present(&files.dir.join(name))?;
             }
@@ -124,24 +124,13 @@ impl SnapshotFiles {
                     crate::pki::sync_parent(&begun)?;
                     return Ok(begun);
                 }
-                _ => self.remove_data(&begun)?,
+                _ => remove_if_present(&begun)?,
             }
         }
         let copy = self.new_data_path();
         received.seek(io::SeekFrom::Start(0))?;
         Self::write_data(&copy, |out| io::copy(received, out))?;
         Ok(copy)
-    }
-
-    /// Removes a data file that is not kept (`current` does not name it).
-    pub fn remove_data(&self, path: &Path) -> io::Result<()> {
-        let current = self.lock();
-        if let Some(current) = &*current {
-            if path.file_name().and_then(|name| name.to_str()) == Some(&current.data_file) {
-                return Ok(());
-            }
-        }
-        remove_if_present(path)
     }
 
     /// Makes the complete, fsynced data file `data` with `meta` the kept snapshot, unless the
@@ -209,12 +198,5 @@ impl SnapshotFiles {
         self.current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
     }
 }

@@ -202,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let abandoned = self.receiving.take();
         let (path, file) = tokio::task::spawn_blocking(move || {
             if let Some(abandoned) = abandoned {
-                files.remove_data(&abandoned)?;
+                crate::pki::remove_if_present(&abandoned)?;
             }
             let path = files.new_data_path();
             let file = crate::pki::create_private_file(&path)?;

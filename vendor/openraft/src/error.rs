@@ -201,8 +201,9 @@ where
     /// conflicting with a newer leader's log. Unlike [`ForwardToLeader`] answered to a write
     /// that was never appended, its outcome is unknown: another node that holds the entry may
     /// still be elected and commit it, so proposing the write again could apply it twice.
+    /// It says which leader this node knows of now.
     #[error("the entry was deleted from this node's log by a newer leader; it may still be committed elsewhere")]
-    LogTruncated,
+    LogTruncated(ForwardToLeader<NID, N>),
 }
 
 impl<NID, N> TryAsRef<ForwardToLeader<NID, N>> for ClientWriteError<NID, N>

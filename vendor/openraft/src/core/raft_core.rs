@@ -698,6 +698,12 @@ where
         leading.and_then(|l| l.last_quorum_acked_time())
     }
 
+    pub(crate) fn get_leader_node(&self, leader_id: Option<C::NodeId>) -> Option<C::Node> {
+        let leader_id = leader_id?;
+
+        self.engine.state.membership_state.effective().get_node(&leader_id).cloned()
+    }
+
     /// A temp wrapper to make non-blocking `append_to_log` a blocking.
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn append_to_log<I>(
@@ -1705,11 +1711,17 @@ where
                 // appended, so writing them again through the new leader could apply them twice.
                 let removed = self.client_resp_channels.split_off(&since.index);
                 if !removed.is_empty() {
+                    let leader_id = self.current_leader();
+                    let leader_node = self.get_leader_node(leader_id.clone());
+
                     // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
                     #[allow(clippy::let_underscore_future)]
                     let _ = C::spawn(async move {
                         for (log_index, tx) in removed.into_iter() {
-                            tx.send(Err(ClientWriteError::LogTruncated));
+                            tx.send(Err(ClientWriteError::LogTruncated(ForwardToLeader {
+                                leader_id: leader_id.clone(),
+                                leader_node: leader_node.clone(),
+                            })));
 
                             tracing::debug!("sent LogTruncated for log_index: {}", log_index,);
                         }
