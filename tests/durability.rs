@@ -267,7 +267,16 @@ async fn a_member_whose_consensus_stops_at_a_storage_error_exits_and_a_restart_r
         .member(0)
         .kept_snapshot()
         .with_file_name("current.pending");
-    std::fs::create_dir(&blocker).expect("the blocking directory");
+    // A save in flight holds the name for a moment (its record, before the rename): try again.
+    let mut attempts = 0;
+    while let Err(error) = std::fs::create_dir(&blocker) {
+        attempts += 1;
+        assert!(
+            error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 500,
+            "the blocking directory: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let writes = async {
         for round in 0..100 {
             let key = format!("k{round:03}");
